@@ -1,0 +1,212 @@
+"""Run configuration: YAML files loaded into validated, frozen objects.
+
+Every key has a default, so a config file only states what differs. An unknown key, a
+wrong type or a value out of range raises :class:`~gflow_dist.errors.ConfigError`
+naming the file, the key and what is allowed. Keys that scripts rely on are fixed:
+``galaxy.source``, ``galaxy.sun_position_kpc``, ``galaxy.r_max_kpc``, ``upsamplers``,
+``seed``, ``cnf.ensemble_size``, ``cnf.max_epochs``, ``cnf.patience``,
+``sample.factor`` and ``sample.total``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from gflow_dist.errors import ConfigError
+
+PositiveFloat = Annotated[float, Field(gt=0)]
+Vector3 = tuple[float, float, float]
+
+UPSAMPLER_NAMES = ("cnf",)
+"""Upsamplers that ``upsamplers:`` may name; later stages add theirs here."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+class MockConfig(_Frozen):
+    """The built-in mock galaxy (``gflow_dist.data.mock``)."""
+
+    n_particles: int = Field(500_000, gt=0, description="particles inside the sphere")
+    particle_mass_msun: PositiveFloat = Field(5000.0, description="mass of each particle [M☉]")
+
+
+class GalaxyConfig(_Frozen):
+    """Where the particles come from and the Solar frame (paper §2.1)."""
+
+    source: str = Field("mock", description="'mock' or the path of a particle file")
+    format: Literal["auto", "parquet", "csv", "hdf5", "arepo", "npy", "npz", "tipsy"] = "auto"
+    sun_position_kpc: Vector3 = Field(
+        (-8.0, 0.0, 0.02), description="Galactocentric Sun position [kpc], paper §2.1"
+    )
+    sun_velocity_kms: Vector3 = Field(
+        (11.1, 232.24, 7.25),
+        description="Galactocentric Sun velocity [km/s]; +y is the disk motion",
+    )
+    r_max_kpc: PositiveFloat = Field(3.5, description="selection sphere radius [kpc]")
+    mock: MockConfig = MockConfig()
+
+
+class SplitConfig(_Frozen):
+    """Train/test split of the selected particles (paper §5.3: 1:1)."""
+
+    test_fraction: float = Field(0.5, ge=0.0, lt=1.0)
+
+
+class CNFConfig(_Frozen):
+    """GalaxyFlow's CNF and its training recipe (paper §3.2–3.3)."""
+
+    ensemble_size: int = Field(10, ge=1, description="independently seeded members")
+    hidden_layers: int = Field(4, ge=1)
+    hidden_units: int = Field(32, ge=1)
+    solver_steps: int = Field(20, ge=1, description="fixed RK4 steps from t=0 to t=1")
+    stage_times: Literal["rk4", "torchdyn-1.0.6"] = Field(
+        "rk4",
+        description="'rk4' is classic RK4; 'torchdyn-1.0.6' reproduces torchdyn's "
+        "stage times (t, t, t+h/2, t+h/2) for models trained with it",
+    )
+    learning_rate: PositiveFloat = 1e-3
+    refine_learning_rate: PositiveFloat = 1e-4
+    validation_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    batches_per_epoch: int = Field(10, ge=1)
+    max_epochs: int = Field(100_000, ge=1, description="cap per training phase")
+    patience: int = Field(50, ge=1, description="epochs without validation improvement")
+    refine: bool = Field(True, description="restart from the best state at the refine rate")
+    compile: bool = Field(True, description="train through torch.compile (faster, ~30 s to build)")
+
+
+class SampleConfig(_Frozen):
+    """How many stars to draw: ``factor`` per train particle or a ``total``."""
+
+    factor: PositiveFloat | None = Field(500.0, description="stars per particle (paper: 500)")
+    total: int | None = Field(None, gt=0, description="total stars; overrides factor")
+    batch_size: int = Field(65_536, gt=0, description="stars per streamed batch")
+
+    @model_validator(mode="after")
+    def _one_count(self) -> SampleConfig:
+        if self.factor is None and self.total is None:
+            raise ValueError("set sample.factor or sample.total")
+        return self
+
+
+class RayConfig(_Frozen):
+    """The Ray cluster: ``address`` None starts a local one."""
+
+    address: str | None = None
+    num_cpus_per_member: PositiveFloat = 1.0
+    num_gpus_per_member: float = Field(0.0, ge=0.0, description="0 on CPU-only clusters")
+
+
+class RunConfig(_Frozen):
+    """A whole run: every stage reads its section."""
+
+    seed: int = Field(0, ge=0)
+    galaxy: GalaxyConfig = GalaxyConfig()
+    upsamplers: tuple[Literal[UPSAMPLER_NAMES], ...] = ("cnf",)  # type: ignore[valid-type]
+    split: SplitConfig = SplitConfig()
+    cnf: CNFConfig = CNFConfig()
+    sample: SampleConfig = SampleConfig()
+    ray: RayConfig = RayConfig()
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, JSON-safe dict of every value, defaults included."""
+        return json.loads(self.model_dump_json())
+
+    def to_yaml(self) -> str:
+        """The resolved config as YAML, as ``gflow config show`` prints it."""
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def hash(self) -> str:
+        """SHA-256 of the resolved config; recorded in every output's metadata."""
+        canonical = json.dumps(self.to_dict(), sort_keys=True)
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split ``key.sub=value`` into its key path and YAML-parsed value."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {text!r} must look like key.sub=value")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({err})") from err
+    return key.strip().split("."), value
+
+
+def _apply_override(tree: dict[str, Any], path: list[str], value: Any, text: str) -> None:
+    node = tree
+    for part in path[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {text!r}: {part!r} is not a section")
+        node = child
+    node[path[-1]] = value
+
+
+def _describe(error: dict[str, Any]) -> str:
+    key = ".".join(str(part) for part in error["loc"])
+    if error["type"] == "extra_forbidden":
+        return f"unknown key {key!r}"
+    allowed = error.get("ctx", {}).get("expected")
+    message = f"key {key!r}: {error['msg']}"
+    if allowed is not None and "expected" not in error["msg"]:
+        message += f" (allowed: {allowed})"
+    return message + f", got {error.get('input')!r}"
+
+
+def _known_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    keys = []
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            keys += _known_keys(annotation, f"{prefix}{name}.")
+        else:
+            keys.append(prefix + name)
+    return keys
+
+
+def build_config(tree: dict[str, Any], origin: str = "<overrides>") -> RunConfig:
+    """Validate a nested dict into a :class:`RunConfig`; ``origin`` names it in errors."""
+    try:
+        return RunConfig.model_validate(tree)
+    except ValidationError as err:
+        problems = "\n  ".join(_describe(e) for e in err.errors())
+        known = ", ".join(_known_keys(RunConfig))
+        raise ConfigError(
+            f"invalid config {origin}:\n  {problems}\nknown keys: {known}"
+        ) from None
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
+    """Load a YAML run config, apply ``key.sub=value`` overrides, and validate it.
+
+    ``path`` None starts from the defaults alone (the built-in mock galaxy).
+    """
+    tree: dict[str, Any] = {}
+    origin = "<defaults>"
+    if path is not None:
+        origin = str(path)
+        try:
+            text = Path(path).read_text()
+        except OSError as err:
+            raise ConfigError(f"cannot read config {path}: {err.strerror}") from None
+        try:
+            tree = yaml.safe_load(text) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config {path} is not valid YAML: {err}") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"config {path} must be a mapping of keys, got {type(tree).__name__}")
+    for text in overrides:
+        key_path, value = parse_override(text)
+        _apply_override(tree, key_path, value, text)
+    if overrides:
+        origin += " with --set " + " ".join(overrides)
+    return build_config(tree, origin)

@@ -1,0 +1,130 @@
+"""Checks run on every particle load; failures name the source, the column or rows, the fix.
+
+Rows are 0-based particle indices in the order the source stores them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from gflow_dist.data.particles import MASS_COLUMN, PHASE_SPACE_COLUMNS, ParticleSet
+from gflow_dist.errors import InputError
+
+SHOWN_ROWS = 5
+"""How many offending row indices an error message lists."""
+
+MPC_MEDIAN_RADIUS_KPC = 0.1
+"""Median distance from the origin [kpc] below which positions are taken to be in Mpc.
+
+A galaxy-centred Milky Way analogue has a median star-particle radius of a few kpc (the
+disk scale length is ~2.5 kpc, the stellar disk spans ~30 kpc). The same particles read
+in Mpc have a median radius of ~0.001-0.03, while no Milky Way-like galaxy concentrates
+half its stars within 100 pc of the centre.
+"""
+
+SI_OR_CGS_MEDIAN_RADIUS = 1e12
+"""Median distance from the origin above which positions are taken to be in m or cm.
+
+1 kpc is 3.1e19 m or 3.1e21 cm, so a galaxy of 1-30 kpc has a median radius of 1e19-1e23
+in those units; 1e12 kpc is far beyond any simulation box (~1e5 kpc), and 1e12 m is
+below a parsec, so the gap between the two readings is wide on both sides.
+"""
+
+NOT_KMS_MEDIAN_SPEED = 1e4
+"""Median speed above which velocities are taken to be in m/s or cm/s, not km/s.
+
+Star particles move at 10-600 km/s (median ~200 km/s); the same speeds are 1e4-6e5 m/s
+and 1e6-6e7 cm/s. No galaxy has a median stellar speed of 1e4 km/s (3% of light speed).
+"""
+
+REFERENCE_RADIUS_KPC = 8.0
+"""Typical median radius [kpc]: the suspected length unit is the one closest to it (log scale)."""
+
+REFERENCE_SPEED_KMS = 200.0
+"""Typical median speed [km/s]: the suspected velocity unit is the one closest to it (log scale)."""
+
+_LENGTH_UNITS_IN_KPC = {"m": 1.0 / 3.0856775814913673e19, "cm": 1.0 / 3.0856775814913673e21}
+_SPEED_UNITS_IN_KMS = {"m/s": 1e-3, "cm/s": 1e-5}
+
+
+def validate_particles(particles: ParticleSet, source: str) -> None:
+    """Raise InputError if ``particles`` (read from ``source``) hold unusable values.
+
+    Checks, in order: NaN/inf in any column, non-positive masses, positions or velocities
+    that look like the wrong unit (kpc and km/s expected), and duplicate 6-D rows.
+    """
+    for j, name in enumerate(PHASE_SPACE_COLUMNS):
+        _check_finite(particles.phase_space[:, j], name, source)
+    if particles.mass is not None:
+        _check_finite(particles.mass, MASS_COLUMN, source)
+        bad = np.flatnonzero(particles.mass <= 0)
+        if bad.size:
+            raise InputError(
+                f"{source}: column '{MASS_COLUMN}' has {bad.size} non-positive values "
+                f"at rows {_rows(bad)}; star particle masses must be > 0 Msun: fix the "
+                "mass field upstream or drop those particles"
+            )
+    if len(particles):
+        _check_units(particles, source)
+        _check_duplicates(particles.phase_space, source)
+
+
+def _rows(index: np.ndarray) -> str:
+    shown = ", ".join(str(i) for i in index[:SHOWN_ROWS])
+    return f"[{shown}{', ...' if index.size > SHOWN_ROWS else ''}]"
+
+
+def _check_finite(values: np.ndarray, name: str, source: str) -> None:
+    bad = np.flatnonzero(~np.isfinite(values))
+    if bad.size:
+        n_nan = int(np.isnan(values[bad]).sum())
+        raise InputError(
+            f"{source}: column '{name}' has {bad.size} non-finite values "
+            f"({n_nan} NaN, {bad.size - n_nan} inf) at rows {_rows(bad)}; "
+            "fix or drop these particles upstream"
+        )
+
+
+def _closest(median: float, units: dict[str, float], reference: float) -> tuple[str, float]:
+    """The unit (and its factor to kpc or km/s) that puts ``median`` closest to ``reference``."""
+    unit = min(units, key=lambda u: abs(np.log10(median * units[u] / reference)))
+    return unit, units[unit]
+
+
+def _check_units(particles: ParticleSet, source: str) -> None:
+    radius = float(np.median(np.linalg.norm(particles.positions, axis=1)))
+    if radius < MPC_MEDIAN_RADIUS_KPC:
+        raise InputError(
+            f"{source}: columns 'x', 'y', 'z' look like Mpc, not kpc: the median distance "
+            f"from the galaxy centre is {radius:.3g} (a galaxy in kpc has a few kpc); "
+            "multiply positions by 1000 to convert to kpc (and check the galaxy is centred)"
+        )
+    if radius > SI_OR_CGS_MEDIAN_RADIUS:
+        unit, factor = _closest(radius, _LENGTH_UNITS_IN_KPC, REFERENCE_RADIUS_KPC)
+        raise InputError(
+            f"{source}: columns 'x', 'y', 'z' look like {unit}, not kpc: the median distance "
+            f"from the galaxy centre is {radius:.3g}; multiply positions by {factor:.10g} "
+            "to convert to kpc"
+        )
+    speed = float(np.median(np.linalg.norm(particles.velocities, axis=1)))
+    if speed > NOT_KMS_MEDIAN_SPEED:
+        unit, factor = _closest(speed, _SPEED_UNITS_IN_KMS, REFERENCE_SPEED_KMS)
+        raise InputError(
+            f"{source}: columns 'vx', 'vy', 'vz' look like {unit}, not km/s: the median "
+            f"speed is {speed:.3g}; multiply velocities by {factor:g} to convert to km/s"
+        )
+
+
+def _check_duplicates(phase_space: np.ndarray, source: str) -> None:
+    _, first, inverse = np.unique(phase_space, axis=0, return_index=True, return_inverse=True)
+    inverse = inverse.ravel()
+    repeated = np.ones(len(phase_space), dtype=bool)
+    repeated[first] = False
+    dup = np.flatnonzero(repeated)
+    if dup.size:
+        pairs = ", ".join(f"row {r} = row {first[inverse[r]]}" for r in dup[:SHOWN_ROWS])
+        raise InputError(
+            f"{source}: {dup.size} particle(s) repeat an earlier identical 6-D row "
+            f"(x, y, z, vx, vy, vz) ({pairs}{', ...' if dup.size > SHOWN_ROWS else ''}); "
+            "deduplicate the particles upstream (gflow-dist does not drop them silently)"
+        )

@@ -1,0 +1,132 @@
+"""One ensemble member: the pair of flows p(r) and p(v|r), trained one after the other.
+
+:func:`train_member` is a plain function of arrays, a seed and a directory, so it runs
+unchanged in this process, in a Ray task or in a Ray actor. Everything it writes lives in
+its directory: the training checkpoints (for resuming), the best weights and the loss
+curves. A member whose weights file exists is not trained again.
+
+References:
+    arXiv:2211.11765, §3.1 eq. 4 (f(r, v) = p(r) p(v|r)) and §3.3.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from gflow_dist.flows.cnf import ContinuousFlow
+from gflow_dist.flows.training import Recipe, train, validation_split
+
+WEIGHTS_FILE = "weights.pt"
+HISTORY_FILE = "history.json"
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """The CNF architecture of paper §3.2: an MLP of 4 × 32 GELU units, 20 RK4 steps."""
+
+    hidden_layers: int = 4
+    hidden_units: int = 32
+    steps: int = 20
+    stage_times: str = "rk4"
+
+    def build(self, context_dim: int) -> ContinuousFlow:
+        """A fresh 3-D flow, conditioned on ``context_dim`` extra inputs."""
+        return ContinuousFlow(3, context_dim, **asdict(self))
+
+
+@dataclass
+class MemberFlows:
+    """A trained member: p(r) on preprocessed positions, p(v|r) on standardised velocities."""
+
+    position: ContinuousFlow
+    velocity: ContinuousFlow
+
+    def log_prob(self, positions: Tensor, velocities: Tensor) -> Tensor:
+        """log p(s_r) + log p(s_v | s_r) in the preprocessed space, shape (B,)."""
+        return self.position.log_prob(positions) + self.velocity.log_prob(velocities, positions)
+
+    def transform(self, z_position: Tensor, z_velocity: Tensor) -> tuple[Tensor, Tensor]:
+        """Push base draws to preprocessed (positions, velocities), p(r) first."""
+        positions = self.position.transform(z_position)
+        return positions, self.velocity.transform(z_velocity, positions)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        state = {f"position.{k}": v for k, v in self.position.state_dict().items()}
+        return state | {f"velocity.{k}": v for k, v in self.velocity.state_dict().items()}
+
+    @classmethod
+    def load(cls, architecture: Architecture, path: Path,
+             device: torch.device | str = "cpu") -> MemberFlows:
+        """Rebuild from a weights-only file written by :func:`train_member`."""
+        state = torch.load(path, map_location=device, weights_only=True)
+        member = cls(architecture.build(0), architecture.build(3))
+        for name, flow in (("position", member.position), ("velocity", member.velocity)):
+            prefix = name + "."
+            flow.load_state_dict({k[len(prefix):]: v for k, v in state.items()
+                                  if k.startswith(prefix)})
+            flow.to(device).eval()
+        return member
+
+
+def default_device() -> torch.device:
+    """The GPU when this process was given one (by Ray or otherwise), else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _negative_log_likelihood(flow: ContinuousFlow, data: Tensor,
+                             context: Tensor | None) -> Tensor:
+    return -flow.log_prob(data, context).mean()
+
+
+def train_member(positions: np.ndarray, velocities: np.ndarray, architecture: Architecture,
+                 recipe: Recipe, validation_fraction: float, seed: int,
+                 directory: str | Path, device: str | None = None) -> Path:
+    """Train one member on preprocessed train rows and write it to ``directory``.
+
+    Args:
+        positions: (n, 3) preprocessed positions (eqs. 9–11).
+        velocities: (n, 3) standardised velocities (eq. 11).
+        architecture: the flows' shape.
+        recipe: the training budget (paper §3.3).
+        validation_fraction: share of rows held out for early stopping (paper: 0.2).
+        seed: seeds the initial weights, the validation split and the shuffles.
+        directory: where checkpoints, weights and loss curves go.
+        device: 'cpu', 'cuda', or None for :func:`default_device`.
+
+    Returns:
+        ``directory``, holding ``weights.pt`` and ``history.json``.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    if (directory / WEIGHTS_FILE).exists():
+        return directory
+    target = torch.device(device) if device else default_device()
+    fit_rows, val_rows = validation_split(len(positions), validation_fraction, seed)
+
+    def tensors(array: np.ndarray) -> tuple[Tensor, Tensor]:
+        data = torch.as_tensor(array, dtype=torch.float32, device=target)
+        return data[fit_rows], data[val_rows]
+
+    (r_fit, r_val), (v_fit, v_val) = tensors(positions), tensors(velocities)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        member = MemberFlows(architecture.build(0).to(target), architecture.build(3).to(target))
+    histories = {
+        "position": train(member.position, _negative_log_likelihood, r_fit, None, r_val, None,
+                          recipe, seed, directory / "position.ckpt", f"seed {seed} p(r)"),
+        "velocity": train(member.velocity, _negative_log_likelihood, v_fit, r_fit, v_val, r_val,
+                          recipe, seed + 1, directory / "velocity.ckpt", f"seed {seed} p(v|r)"),
+    }
+    (directory / HISTORY_FILE).write_text(
+        json.dumps({name: h.to_dict() for name, h in histories.items()}, indent=1)
+    )
+    temporary = directory / (WEIGHTS_FILE + ".tmp")
+    torch.save({k: v.cpu() for k, v in member.state_dict().items()}, temporary)
+    temporary.replace(directory / WEIGHTS_FILE)
+    return directory

@@ -1,0 +1,82 @@
+"""Streaming, deterministic draws restricted to the selection window (paper §3.3 (iv)).
+
+Every upsampler proposes candidate stars in batches; candidates farther than r_max from
+the Sun, or faster than the train particles' maximum speed, are discarded and more are
+drawn until exactly n are kept. Batch k is proposed from a generator seeded by
+(seed, k) alone, so a draw is a pure function of (seed, n, batch_size), and the first
+m stars of a larger draw equal a draw of m.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+Proposer = Callable[[int, np.random.Generator], np.ndarray]
+"""Draws (count, 6) candidate stars [kpc, km/s] from a generator."""
+
+MAX_EMPTY_BATCHES = 100
+"""Give up when this many batches in a row keep no star: the model misses the window."""
+
+
+@dataclass(frozen=True)
+class SelectionWindow:
+    """The phase-space region stars must fall in.
+
+    Attributes:
+        sun_position_kpc: centre of the selection sphere [kpc].
+        r_max_kpc: its radius [kpc].
+        max_speed_kms: the fastest train particle's speed [km/s]; faster stars are outliers.
+    """
+
+    sun_position_kpc: tuple[float, float, float]
+    r_max_kpc: float
+    max_speed_kms: float = np.inf
+
+    def contains(self, phase_space: np.ndarray) -> np.ndarray:
+        """Boolean mask of the (n, 6) rows inside the window."""
+        distance = np.linalg.norm(phase_space[:, :3] - np.asarray(self.sun_position_kpc), axis=1)
+        speed = np.linalg.norm(phase_space[:, 3:], axis=1)
+        finite = np.isfinite(phase_space).all(axis=1)
+        return finite & (distance < self.r_max_kpc) & (speed <= self.max_speed_kms)
+
+
+@dataclass
+class DrawStats:
+    """Counts of one streamed draw; ``rejection_rate`` is the share of proposals dropped."""
+
+    proposed: int = 0
+    kept: int = 0
+
+    @property
+    def rejection_rate(self) -> float:
+        return 1.0 - self.kept / self.proposed if self.proposed else 0.0
+
+
+def draw_in_window(propose: Proposer, n: int, seed: int, window: SelectionWindow,
+                   batch_size: int, stats: DrawStats | None = None) -> Iterator[np.ndarray]:
+    """Yield batches of stars inside ``window`` until exactly ``n`` are produced.
+
+    Memory is bounded by ``batch_size``, not by ``n``. ``stats``, when given, is updated
+    with the number of proposals and kept stars.
+    """
+    stats = stats if stats is not None else DrawStats()
+    remaining, batch_index, empty = n, 0, 0
+    while remaining > 0:
+        rng = np.random.default_rng([seed, batch_index])
+        candidates = propose(batch_size, rng)
+        kept = candidates[window.contains(candidates)][:remaining]
+        stats.proposed += len(candidates)
+        stats.kept += len(kept)
+        empty = 0 if len(kept) else empty + 1
+        if empty >= MAX_EMPTY_BATCHES:
+            raise RuntimeError(
+                f"{MAX_EMPTY_BATCHES} batches of {batch_size} proposals in a row fell outside "
+                f"the selection window {window}; the model does not cover the window"
+            )
+        remaining -= len(kept)
+        batch_index += 1
+        if len(kept):
+            yield kept

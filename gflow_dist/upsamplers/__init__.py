@@ -1,0 +1,41 @@
+"""The upsampler registry: build one by name from a config, or load a saved one."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from gflow_dist.config import RunConfig
+from gflow_dist.errors import GflowError
+from gflow_dist.upsamplers.base import SPEC_FILE, Upsampler
+
+
+def _registry() -> dict[str, type[Upsampler]]:
+    from gflow_dist.flows.upsampler import CNFUpsampler
+
+    return {cls.kind: cls for cls in (CNFUpsampler,)}
+
+
+def create(name: str, config: RunConfig) -> Upsampler:
+    """A new, unfitted upsampler of kind ``name`` configured by ``config``."""
+    registry = _registry()
+    if name not in registry:
+        raise GflowError(f"unknown upsampler {name!r}; known: {sorted(registry)}")
+    return registry[name].from_config(config)
+
+
+def load(directory: str | Path) -> Upsampler:
+    """Restore a model saved with ``Upsampler.save`` (weights only, no pickled code)."""
+    directory = Path(directory)
+    spec_path = directory / SPEC_FILE
+    if not spec_path.exists():
+        raise GflowError(f"{directory} holds no saved model: {SPEC_FILE} is missing")
+    spec = json.loads(spec_path.read_text())
+    registry = _registry()
+    kind = spec.get("kind")
+    if kind not in registry:
+        raise GflowError(f"{spec_path}: unknown model kind {kind!r}; known: {sorted(registry)}")
+    return registry[kind].from_saved(spec, directory)
+
+
+__all__ = ["Upsampler", "create", "load"]

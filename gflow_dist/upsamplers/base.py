@@ -1,0 +1,82 @@
+"""The face every upsampler shares: fit, ``sample(n, seed)``, ``log_prob``, save and load.
+
+Upsampled stars are (n, 6) arrays of x, y, z [kpc], vx, vy, vz [km/s] in the
+Galactocentric frame of the particles. Densities are natural logs in
+kpc⁻³ (km/s)⁻³. A saved model is a directory holding ``spec.json`` (what it is, its
+parameters, its provenance) and weights-only files: loading never unpickles code.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from gflow_dist.config import RunConfig
+from gflow_dist.data.particles import ParticleSet
+from gflow_dist.sample.window import DrawStats, SelectionWindow, draw_in_window
+
+SPEC_FILE = "spec.json"
+
+
+class Upsampler(ABC):
+    """An upsampler fitted to star particles inside a selection window."""
+
+    kind: ClassVar[str]
+    """Name used in configs (``upsamplers: [...]``) and in ``spec.json``."""
+
+    has_density: ClassVar[bool] = True
+    window: SelectionWindow
+
+    @classmethod
+    @abstractmethod
+    def from_config(cls, config: RunConfig) -> Upsampler:
+        """A new, unfitted upsampler configured by the run config."""
+
+    @abstractmethod
+    def fit(self, particles: ParticleSet, seed: int) -> Upsampler:
+        """Fit to the train particles; returns self."""
+
+    @abstractmethod
+    def propose(self, count: int, rng: np.random.Generator) -> np.ndarray:
+        """(count, 6) candidate stars, before the selection window is applied."""
+
+    def iter_samples(self, n: int, seed: int, batch_size: int = 65_536,
+                     stats: DrawStats | None = None) -> Iterator[np.ndarray]:
+        """Stream exactly n stars inside the window, batch by batch."""
+        return draw_in_window(self.propose, n, seed, self.window, batch_size, stats)
+
+    def sample(self, n: int, seed: int, batch_size: int = 65_536) -> np.ndarray:
+        """(n, 6) stars inside the selection window; deterministic in (n, seed)."""
+        batches = list(self.iter_samples(n, seed, batch_size))
+        return np.concatenate(batches) if batches else np.empty((0, 6))
+
+    def log_prob(self, phase_space: np.ndarray) -> np.ndarray:
+        """ln density [kpc⁻³ (km/s)⁻³] of (n, 6) rows; −inf outside the window's sphere."""
+        raise TypeError(f"upsampler {self.kind!r} has no density")
+
+    @abstractmethod
+    def spec(self) -> dict[str, Any]:
+        """JSON-safe parameters that, with the weights, rebuild the model."""
+
+    @abstractmethod
+    def save_weights(self, directory: Path) -> None:
+        """Write the weights-only files next to ``spec.json``."""
+
+    @classmethod
+    @abstractmethod
+    def from_saved(cls, spec: dict[str, Any], directory: Path) -> Upsampler:
+        """Rebuild from ``spec`` and the weights in ``directory``."""
+
+    def save(self, directory: str | Path) -> Path:
+        """Save to ``directory`` (created if needed); returns it."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.save_weights(directory)
+        spec = {"kind": self.kind, **self.spec()}
+        (directory / SPEC_FILE).write_text(json.dumps(spec, indent=2))
+        return directory
