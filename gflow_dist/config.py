@@ -16,12 +16,29 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    ValidationError,
+    model_validator,
+)
 
 from gflow_dist.errors import ConfigError
 
+
+
+def _three_values(value: Any) -> Any:
+    if isinstance(value, (list, tuple)) and len(value) != 3:
+        raise ValueError(f"expected 3 values [x, y, z], got {len(value)}")
+    return value
+
+
 PositiveFloat = Annotated[float, Field(gt=0)]
-Vector3 = tuple[float, float, float]
+Vector3 = Annotated[tuple[float, float, float], BeforeValidator(_three_values)]
 
 UPSAMPLER_NAMES = ("cnf",)
 """Upsamplers that ``upsamplers:`` may name; later stages add theirs here."""
@@ -34,7 +51,7 @@ class _Frozen(BaseModel):
 class MockConfig(_Frozen):
     """The built-in mock galaxy (``gflow_dist.data.mock``)."""
 
-    n_particles: int = Field(500_000, gt=0, description="particles inside the sphere")
+    n_particles: StrictInt = Field(500_000, gt=0, description="particles inside the sphere")
     particle_mass_msun: PositiveFloat = Field(5000.0, description="mass of each particle [M☉]")
 
 
@@ -63,10 +80,10 @@ class SplitConfig(_Frozen):
 class CNFConfig(_Frozen):
     """GalaxyFlow's CNF and its training recipe (paper §3.2–3.3)."""
 
-    ensemble_size: int = Field(10, ge=1, description="independently seeded members")
-    hidden_layers: int = Field(4, ge=1)
-    hidden_units: int = Field(32, ge=1)
-    solver_steps: int = Field(20, ge=1, description="fixed RK4 steps from t=0 to t=1")
+    ensemble_size: StrictInt = Field(10, ge=1, description="independently seeded members")
+    hidden_layers: StrictInt = Field(4, ge=1)
+    hidden_units: StrictInt = Field(32, ge=1)
+    solver_steps: StrictInt = Field(20, ge=1, description="fixed RK4 steps from t=0 to t=1")
     stage_times: Literal["rk4", "torchdyn-1.0.6"] = Field(
         "rk4",
         description="'rk4' is classic RK4; 'torchdyn-1.0.6' reproduces torchdyn's "
@@ -75,19 +92,19 @@ class CNFConfig(_Frozen):
     learning_rate: PositiveFloat = 1e-3
     refine_learning_rate: PositiveFloat = 1e-4
     validation_fraction: float = Field(0.2, gt=0.0, lt=1.0)
-    batches_per_epoch: int = Field(10, ge=1)
-    max_epochs: int = Field(100_000, ge=1, description="cap per training phase")
-    patience: int = Field(50, ge=1, description="epochs without validation improvement")
-    refine: bool = Field(True, description="restart from the best state at the refine rate")
-    compile: bool = Field(True, description="train through torch.compile (faster, ~30 s to build)")
+    batches_per_epoch: StrictInt = Field(10, ge=1)
+    max_epochs: StrictInt = Field(100_000, ge=1, description="cap per training phase")
+    patience: StrictInt = Field(50, ge=1, description="epochs without validation improvement")
+    refine: StrictBool = Field(True, description="restart from the best state at the refine rate")
+    compile: StrictBool = Field(True, description="train through torch.compile (faster, ~30 s to build)")
 
 
 class SampleConfig(_Frozen):
     """How many stars to draw: ``factor`` per train particle or a ``total``."""
 
     factor: PositiveFloat | None = Field(500.0, description="stars per particle (paper: 500)")
-    total: int | None = Field(None, gt=0, description="total stars; overrides factor")
-    batch_size: int = Field(65_536, gt=0, description="stars per streamed batch")
+    total: StrictInt | None = Field(None, gt=0, description="total stars; overrides factor")
+    batch_size: StrictInt = Field(65_536, gt=0, description="stars per streamed batch")
 
     @model_validator(mode="after")
     def _one_count(self) -> SampleConfig:
@@ -107,7 +124,7 @@ class RayConfig(_Frozen):
 class RunConfig(_Frozen):
     """A whole run: every stage reads its section."""
 
-    seed: int = Field(0, ge=0)
+    seed: StrictInt = Field(0, ge=0)
     galaxy: GalaxyConfig = GalaxyConfig()
     upsamplers: tuple[Literal[UPSAMPLER_NAMES], ...] = ("cnf",)  # type: ignore[valid-type]
     split: SplitConfig = SplitConfig()
@@ -144,33 +161,31 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 def _apply_override(tree: dict[str, Any], path: list[str], value: Any, text: str) -> None:
     node = tree
     for part in path[:-1]:
-        child = node.setdefault(part, {})
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
         if not isinstance(child, dict):
             raise ConfigError(f"override {text!r}: {part!r} is not a section")
         node = child
     node[path[-1]] = value
 
 
+def _section_keys(path: tuple[Any, ...]) -> list[str]:
+    model: type[BaseModel] = RunConfig
+    for part in path:
+        annotation = model.model_fields[part].annotation
+        model = annotation
+    return sorted(model.model_fields)
+
+
 def _describe(error: dict[str, Any]) -> str:
     key = ".".join(str(part) for part in error["loc"])
     if error["type"] == "extra_forbidden":
-        return f"unknown key {key!r}"
-    allowed = error.get("ctx", {}).get("expected")
-    message = f"key {key!r}: {error['msg']}"
-    if allowed is not None and "expected" not in error["msg"]:
-        message += f" (allowed: {allowed})"
-    return message + f", got {error.get('input')!r}"
-
-
-def _known_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
-    keys = []
-    for name, field in model.model_fields.items():
-        annotation = field.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            keys += _known_keys(annotation, f"{prefix}{name}.")
-        else:
-            keys.append(prefix + name)
-    return keys
+        section = error["loc"][:-1]
+        allowed = ", ".join(_section_keys(section))
+        where = ".".join(map(str, section)) or "the top level"
+        return f"unknown key {key!r} (allowed in {where}: {allowed})"
+    return f"key {key!r}: {error['msg']}, got {error.get('input')!r}"
 
 
 def build_config(tree: dict[str, Any], origin: str = "<overrides>") -> RunConfig:
@@ -179,10 +194,16 @@ def build_config(tree: dict[str, Any], origin: str = "<overrides>") -> RunConfig
         return RunConfig.model_validate(tree)
     except ValidationError as err:
         problems = "\n  ".join(_describe(e) for e in err.errors())
-        known = ", ".join(_known_keys(RunConfig))
-        raise ConfigError(
-            f"invalid config {origin}:\n  {problems}\nknown keys: {known}"
-        ) from None
+        raise ConfigError(f"invalid config {origin}:\n  {problems}") from None
+
+
+def _drop_empty_sections(tree: dict[str, Any]) -> dict[str, Any]:
+    """A section whose keys are all commented out reads as None: treat it as empty."""
+    return {key: {} if value is None and key in _SECTIONS else value
+            for key, value in tree.items()}
+
+
+_SECTIONS = ("galaxy", "split", "cnf", "sample", "ray")
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
@@ -204,6 +225,7 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig
             raise ConfigError(f"config {path} is not valid YAML: {err}") from None
         if not isinstance(tree, dict):
             raise ConfigError(f"config {path} must be a mapping of keys, got {type(tree).__name__}")
+        tree = _drop_empty_sections(tree)
     for text in overrides:
         key_path, value = parse_override(text)
         _apply_override(tree, key_path, value, text)

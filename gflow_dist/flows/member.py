@@ -110,7 +110,7 @@ def train_member(positions: np.ndarray, velocities: np.ndarray, architecture: Ar
     fit_rows, val_rows = validation_split(len(positions), validation_fraction, seed)
 
     def tensors(array: np.ndarray) -> tuple[Tensor, Tensor]:
-        data = torch.as_tensor(array, dtype=torch.float32, device=target)
+        data = torch.from_numpy(array.astype(np.float32)).to(target)
         return data[fit_rows], data[val_rows]
 
     (r_fit, r_val), (v_fit, v_val) = tensors(positions), tensors(velocities)

@@ -17,9 +17,9 @@ References:
 from __future__ import annotations
 
 import copy
-import logging
 import math
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,10 +28,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-logger = logging.getLogger(__name__)
-
 EVAL_BATCH = 65_536
 """Rows per no-grad evaluation batch; bounds the validation pass's memory."""
+
+PROGRESS_SECONDS = 10.0
+"""Least interval between two progress lines of one training phase."""
 
 LossFn = Callable[[nn.Module, Tensor, Tensor | None], Tensor]
 """Mean negative log-likelihood of a batch (data, context) under a flow."""
@@ -76,6 +77,27 @@ def validation_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np
     return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
+class _Progress:
+    """Epoch lines, at most one per ``PROGRESS_SECONDS`` and always the last one.
+
+    Plain lines rather than a redrawn bar, so that they read the same in a terminal, in a
+    log file and in Ray's forwarded worker output.
+    """
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.last = time.monotonic()
+
+    def report(self, epoch: int, train_loss: float, val_loss: float, best: float,
+               done: bool) -> None:
+        now = time.monotonic()
+        if done or now - self.last >= PROGRESS_SECONDS:
+            self.last = now
+            state = "done" if done else "epoch"
+            print(f"{self.label}: {state} {epoch + 1}  train {train_loss:.4f}  "
+                  f"validation {val_loss:.4f}  best {best:.4f}", flush=True)
+
+
 def _evaluate(flow: nn.Module, loss_fn: LossFn, data: Tensor, context: Tensor | None) -> float:
     total = 0.0
     with torch.no_grad():
@@ -110,8 +132,6 @@ def train(flow: nn.Module, loss_fn: LossFn, data: Tensor, context: Tensor | None
     Returns:
         The loss curves of every phase.
     """
-    from tqdm.auto import tqdm
-
     flow.field.compile = recipe.compile
     state = torch.load(checkpoint, weights_only=True) if checkpoint.exists() else None
     history = History()
@@ -120,7 +140,7 @@ def train(flow: nn.Module, loss_fn: LossFn, data: Tensor, context: Tensor | None
         flow.load_state_dict(state["model"])
         best_state = state["best_model"]
         history = History(state["train"], state["validation"], state["best_validation"])
-        logger.info("%s: resuming from %s", label, checkpoint)
+        print(f"{label}: resuming from {checkpoint}", flush=True)
     batches = min(recipe.batches_per_epoch, len(data))
     for phase_index, (phase, lr) in enumerate(recipe.phases()):
         if state is not None and phase_index < state["phase_index"]:
@@ -135,8 +155,7 @@ def train(flow: nn.Module, loss_fn: LossFn, data: Tensor, context: Tensor | None
         val_curve = history.validation.setdefault(phase, [])
         stale = state["stale_epochs"] if resuming else 0
         done = state is not None and resuming and state["phase_done"]
-        bar = tqdm(total=recipe.max_epochs, initial=len(train_curve), desc=f"{label} {phase}",
-                   leave=False, mininterval=2.0, disable=None)
+        progress = _Progress(f"{label} {phase}")
         while not done and len(train_curve) < recipe.max_epochs:
             epoch = len(train_curve)
             rng = np.random.default_rng([seed, phase_index, epoch])
@@ -157,17 +176,13 @@ def train(flow: nn.Module, loss_fn: LossFn, data: Tensor, context: Tensor | None
             else:
                 stale += 1
             done = stale >= recipe.patience or len(train_curve) >= recipe.max_epochs
-            bar.update(1)
-            bar.set_postfix(train=f"{train_curve[-1]:.4f}", val=f"{val_curve[-1]:.4f}")
+            progress.report(epoch, train_curve[-1], val_curve[-1], history.best_validation, done)
             _save_atomically({
                 "model": flow.state_dict(), "best_model": best_state,
                 "optimizer": optimizer.state_dict(), "phase_index": phase_index,
                 "phase_done": done, "stale_epochs": stale, "train": history.train,
                 "validation": history.validation, "best_validation": history.best_validation,
             }, checkpoint)
-        bar.close()
-        logger.info("%s %s: %d epochs, best validation loss %.5f", label, phase,
-                    len(train_curve), history.best_validation)
         state = None
     flow.load_state_dict(best_state)
     return history

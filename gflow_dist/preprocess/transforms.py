@@ -30,7 +30,7 @@ _SERIES_RADIUS = 1e-4
 
 def _atanh_over_rho(rho: np.ndarray) -> np.ndarray:
     """atanh(ρ)/ρ, continuous at ρ = 0."""
-    safe = np.where(rho < _SERIES_RADIUS, 1.0, rho)
+    safe = np.where(rho < _SERIES_RADIUS, 0.5, rho)  # placeholder inside (0, 1)
     return np.where(rho < _SERIES_RADIUS, 1.0 + rho**2 / 3.0, np.arctanh(safe) / safe)
 
 

@@ -1,0 +1,136 @@
+"""Job entrypoints: ingest → train → sample, each a function of (config, output folder).
+
+Output layout under ``out``:
+
+- ``particles/train.parquet``, ``particles/test.parquet``, ``particles/summary.json``;
+- ``models/<name>/``: a saved upsampler (``spec.json`` + weights) and ``training/``
+  (per-member checkpoints and loss curves);
+- ``samples/<name>/``: the upsampled stars as Parquet parts with a manifest;
+- ``run.json``: the resolved config, versions, seeds and frame.
+
+Every stage is idempotent: a rerun with the same config finds its outputs and skips,
+and an interrupted training resumes from its checkpoints.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from pathlib import Path
+
+from gflow_dist import upsamplers
+from gflow_dist.config import RunConfig
+from gflow_dist.data.ingest import (
+    PARTICLES_DIR,
+    TRAIN_FILE,
+    ingest,
+    read_ingested,
+    write_ingested,
+)
+from gflow_dist.distributed.training import ray_member_runner
+from gflow_dist.provenance import run_metadata
+from gflow_dist.sample.writer import write_samples
+from gflow_dist.upsamplers.base import SPEC_FILE, Upsampler
+
+logger = logging.getLogger(__name__)
+
+TRAINING_DIR = "training"
+TRAINING_KEY_FILE = "training_key.json"
+
+
+def _echo(message: str) -> None:
+    print(message, flush=True)
+
+
+def run_ingest(config: RunConfig, out: Path) -> None:
+    """Select and split the particles, and write them with a summary."""
+    ingested = ingest(config)
+    folder = write_ingested(ingested, config, out)
+    _echo(f"selected {ingested.summary}")
+    _echo(f"split into {len(ingested.train):,} train and {len(ingested.test):,} test "
+          f"particles -> {folder}")
+
+
+def _ensure_ingested(config: RunConfig, out: Path) -> None:
+    if not (out / PARTICLES_DIR / TRAIN_FILE).exists():
+        run_ingest(config, out)
+
+
+def training_key(config: RunConfig, name: str) -> str:
+    """Hash of everything a model's training depends on (not sampling or cluster settings)."""
+    relevant = {key: value for key, value in config.to_dict().items()
+                if key not in ("sample", "ray", "upsamplers")}
+    relevant["upsampler"] = name
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
+
+
+def model_hash(directory: Path) -> str:
+    """SHA-256 over a saved model's files, identifying it in sample manifests."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in directory.iterdir() if p.is_file()):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def train_one(config: RunConfig, name: str, out: Path) -> Upsampler:
+    """Fit upsampler ``name`` on the train half, or load it when already trained."""
+    directory = out / "models" / name
+    key = training_key(config, name)
+    key_file = directory / TRAINING_DIR / TRAINING_KEY_FILE
+    if (directory / SPEC_FILE).exists() and key_file.exists() and key_file.read_text() == key:
+        _echo(f"{name}: already trained with this config -> {directory}")
+        return upsamplers.load(directory)
+    if key_file.exists() and key_file.read_text() != key:
+        shutil.rmtree(directory)  # stale checkpoints of another config must not be resumed
+    key_file.parent.mkdir(parents=True, exist_ok=True)
+    key_file.write_text(key)
+    train, _ = read_ingested(out)
+    model = upsamplers.create(name, config)
+    runner = ray_member_runner(config.ray.num_cpus_per_member, config.ray.num_gpus_per_member)
+    _echo(f"{name}: training on {len(train):,} particles")
+    model.fit(train, config.seed, workdir=directory / TRAINING_DIR, runner=runner)
+    model.save(directory)
+    _echo(f"{name}: saved -> {directory}")
+    return model
+
+
+def run_train(config: RunConfig, out: Path) -> dict[str, Upsampler]:
+    """Fit every configured upsampler."""
+    _ensure_ingested(config, out)
+    return {name: train_one(config, name, out) for name in config.upsamplers}
+
+
+def sample_count(config: RunConfig, n_train: int) -> int:
+    """``sample.total``, or ``sample.factor`` stars per train particle (paper: 500)."""
+    if config.sample.total is not None:
+        return config.sample.total
+    return round(config.sample.factor * n_train)
+
+
+def run_sample(config: RunConfig, out: Path) -> None:
+    """Draw and publish each upsampler's stars under ``out/samples/<name>``."""
+    models = run_train(config, out)
+    train, _ = read_ingested(out)
+    n = sample_count(config, len(train))
+    for name, model in models.items():
+        metadata = run_metadata(config) | {"model_sha256": model_hash(out / "models" / name)}
+        manifest = write_samples(model, n, config.seed, out / "samples" / name, metadata,
+                                 config.sample.batch_size)
+        _echo(f"{name}: {manifest['rows']:,} stars (rejection rate "
+              f"{manifest['rejection_rate']:.2%}) -> {out / 'samples' / name}")
+
+
+def write_run_record(config: RunConfig, out: Path) -> None:
+    """``out/run.json``: the resolved config, seeds, frame and versions."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "run.json").write_text(json.dumps(run_metadata(config), indent=2))
+
+
+def run_all(config: RunConfig, out: Path) -> None:
+    """The main job: ingest → train → sample."""
+    write_run_record(config, out)
+    run_ingest(config, out)
+    run_sample(config, out)
