@@ -30,7 +30,6 @@ from pydantic import (
 from gflow_dist.errors import ConfigError
 
 
-
 def _three_values(value: Any) -> Any:
     if isinstance(value, (list, tuple)) and len(value) != 3:
         raise ValueError(f"expected 3 values [x, y, z], got {len(value)}")
@@ -96,7 +95,9 @@ class CNFConfig(_Frozen):
     max_epochs: StrictInt = Field(100_000, ge=1, description="cap per training phase")
     patience: StrictInt = Field(50, ge=1, description="epochs without validation improvement")
     refine: StrictBool = Field(True, description="restart from the best state at the refine rate")
-    compile: StrictBool = Field(True, description="train through torch.compile (faster, ~30 s to build)")
+    compile: StrictBool = Field(
+        True, description="train through torch.compile (faster, ~30 s to build)"
+    )
 
 
 class SampleConfig(_Frozen):

@@ -14,7 +14,7 @@ from gflow_dist.flows.torchdyn_reference import (
 )
 from gflow_dist.flows.vector_field import VectorField
 
-FINE_STEPS = 640
+FINE_STEPS = 320
 
 
 def _flow(context_dim: int, stage_times: str = "rk4", seed: int = 0) -> ContinuousFlow:

@@ -35,7 +35,10 @@ class ClassicRungeKutta4(RungeKutta4):
 
 
 class _AugmentedField(nn.Module):
-    """d/dt [y, ℓ, c] = [F(y, t | c), Tr ∂F/∂y, 0], the divergence by autograd."""
+    """d/dt [y, ℓ, c] = [F(y, t | c), Tr ∂F/∂y, 0], the divergence by autograd.
+
+    For evaluation only: every stage is detached, so nothing here trains.
+    """
 
     def __init__(self, flow: ContinuousFlow, with_divergence: bool) -> None:
         super().__init__()
@@ -51,12 +54,13 @@ class _AugmentedField(nn.Module):
             velocity = self.flow.field(t, y, context)
             return torch.cat([velocity, torch.zeros_like(state[:, dim:])], dim=1)
         with torch.enable_grad():
-            y = y.detach().requires_grad_(True) if not y.requires_grad else y
+            y = y.detach().requires_grad_(True)
             velocity = self.flow.field(t, y, context)
             divergence = sum(
-                torch.autograd.grad(velocity[:, i].sum(), y, create_graph=True)[0][:, i]
+                torch.autograd.grad(velocity[:, i].sum(), y, retain_graph=i < dim - 1)[0][:, i]
                 for i in range(dim)
             )
+            velocity = velocity.detach()
         return torch.cat(
             [velocity, divergence[:, None], torch.zeros_like(state[:, offset:])], dim=1
         )
@@ -71,7 +75,10 @@ def _solve(flow: ContinuousFlow, state: Tensor, start: float, end: float,
     ode = NeuralODE(_AugmentedField(flow, with_divergence), solver=_solver(flow, state.dtype),
                     sensitivity="autograd", return_t_eval=False)
     t_span = torch.linspace(start, end, steps + 1, dtype=state.dtype)
-    return ode(state, t_span)[-1]
+    # Save only the end point. torchdyn negates a reversed t_span but not save_at.
+    final = torch.tensor([end if end >= start else -end], dtype=state.dtype)
+    with torch.no_grad():
+        return ode(state, t_span, save_at=final)[-1]
 
 
 def reference_transform(flow: ContinuousFlow, z: Tensor, context: Tensor | None = None,

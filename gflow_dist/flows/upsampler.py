@@ -42,6 +42,8 @@ runs them in Ray actors.
 """
 
 LOG_PROB_BATCH = 65_536
+PAPER_ARCHITECTURE = Architecture()
+PAPER_RECIPE = Recipe()
 
 
 def run_members_here(function: Callable[..., Path],
@@ -70,7 +72,7 @@ class CNFUpsampler(Upsampler):
     kind = "cnf"
 
     def __init__(self, sun_position_kpc: Sequence[float], r_max_kpc: float,
-                 architecture: Architecture = Architecture(), recipe: Recipe = Recipe(),
+                 architecture: Architecture = PAPER_ARCHITECTURE, recipe: Recipe = PAPER_RECIPE,
                  ensemble_size: int = 10, validation_fraction: float = 0.2) -> None:
         self.sun_position_kpc = tuple(float(v) for v in sun_position_kpc)
         self.r_max_kpc = float(r_max_kpc)

@@ -1,0 +1,1 @@
+"""Scoring upsamplers: truth-based scores (and, later, the classifier tests)."""
