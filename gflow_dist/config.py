@@ -80,6 +80,10 @@ class CNFConfig(_Frozen):
     """GalaxyFlow's CNF and its training recipe (paper §3.2–3.3)."""
 
     ensemble_size: StrictInt = Field(10, ge=1, description="independently seeded members")
+    max_train_particles: StrictInt | None = Field(
+        None, gt=1, description="train on a random subset of this size (demo budgets); "
+        "null uses every train particle, as the paper does"
+    )
     hidden_layers: StrictInt = Field(4, ge=1)
     hidden_units: StrictInt = Field(32, ge=1)
     solver_steps: StrictInt = Field(20, ge=1, description="fixed RK4 steps from t=0 to t=1")

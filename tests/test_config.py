@@ -111,12 +111,11 @@ def test_mock_config_is_a_small_demo():
     assert config.galaxy.source == "mock"
     assert config.galaxy.sun_position_kpc == (-8.0, 0.0, 0.02)
     assert config.galaxy.r_max_kpc == 3.5
-    assert config.galaxy.mock.n_particles == 30_000
+    assert config.galaxy.mock.n_particles == 500_000
     assert config.galaxy.mock.particle_mass_msun == 5000.0
-    assert (config.cnf.ensemble_size, config.cnf.max_epochs, config.cnf.patience) == (2, 8, 5)
-    assert config.cnf.refine is True
-    assert config.sample.factor is None
-    assert config.sample.total == 200_000
+    assert config.cnf.max_train_particles <= 30_000
+    assert config.cnf.ensemble_size <= 2 and config.cnf.max_epochs <= 10
+    assert config.sample.factor is None and config.sample.total <= 1_000_000
 
 
 def test_mock_config_scales_to_the_paper_budget_with_the_documented_overrides():
@@ -124,14 +123,14 @@ def test_mock_config_scales_to_the_paper_budget_with_the_documented_overrides():
     text = (CONFIG_DIR / "mock.yaml").read_text()
     overrides = [
         "cnf.ensemble_size=10", "cnf.max_epochs=100000", "cnf.patience=50",
-        "galaxy.mock.n_particles=500000", "sample.total=null", "sample.factor=500",
+        "cnf.max_train_particles=null", "sample.total=null", "sample.factor=500",
     ]
     for item in overrides:
         assert f"--set {item}" in text
     config = load_config(CONFIG_DIR / "mock.yaml", overrides=overrides)
     assert (config.cnf.ensemble_size, config.cnf.max_epochs, config.cnf.patience) == (
         10, 100_000, 50)
-    assert config.galaxy.mock.n_particles == 500_000
+    assert config.cnf.max_train_particles is None
     assert (config.sample.factor, config.sample.total) == (500.0, None)
 
 

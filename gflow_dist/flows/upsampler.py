@@ -67,19 +67,23 @@ class CNFUpsampler(Upsampler):
         recipe: the training budget (paper §3.3).
         ensemble_size: number of independently seeded members (paper: 10).
         validation_fraction: held-out share for early stopping (paper: 0.2).
+        max_train_particles: fit on a seeded random subset of at most this many train
+            particles (a budget for demos); None uses them all.
     """
 
     kind = "cnf"
 
     def __init__(self, sun_position_kpc: Sequence[float], r_max_kpc: float,
                  architecture: Architecture = PAPER_ARCHITECTURE, recipe: Recipe = PAPER_RECIPE,
-                 ensemble_size: int = 10, validation_fraction: float = 0.2) -> None:
+                 ensemble_size: int = 10, validation_fraction: float = 0.2,
+                 max_train_particles: int | None = None) -> None:
         self.sun_position_kpc = tuple(float(v) for v in sun_position_kpc)
         self.r_max_kpc = float(r_max_kpc)
         self.architecture = architecture
         self.recipe = recipe
         self.ensemble_size = ensemble_size
         self.validation_fraction = validation_fraction
+        self.max_train_particles = max_train_particles
         self.window = SelectionWindow(self.sun_position_kpc, self.r_max_kpc)
         self.preprocessor: Preprocessor | None = None
         self.members: list[MemberFlows] = []
@@ -94,12 +98,16 @@ class CNFUpsampler(Upsampler):
             Architecture(cnf.hidden_layers, cnf.hidden_units, cnf.solver_steps, cnf.stage_times),
             Recipe(cnf.learning_rate, cnf.refine_learning_rate, cnf.batches_per_epoch,
                    cnf.max_epochs, cnf.patience, cnf.refine, cnf.compile),
-            cnf.ensemble_size, cnf.validation_fraction,
+            cnf.ensemble_size, cnf.validation_fraction, cnf.max_train_particles,
         )
 
     def fit(self, particles: ParticleSet, seed: int, workdir: str | Path | None = None,
             runner: MemberRunner = run_members_here) -> CNFUpsampler:
         """Fit the preprocessing, then train every member (resuming any in ``workdir``)."""
+        if self.max_train_particles is not None and len(particles) > self.max_train_particles:
+            rng = np.random.default_rng([seed, len(particles)])
+            particles = particles.subset(
+                np.sort(rng.choice(len(particles), self.max_train_particles, replace=False)))
         self.preprocessor = Preprocessor.fit(particles.phase_space, self.sun_position_kpc,
                                              self.r_max_kpc)
         max_speed = float(np.linalg.norm(particles.velocities, axis=1).max())
@@ -167,6 +175,7 @@ class CNFUpsampler(Upsampler):
             "recipe": asdict(self.recipe),
             "ensemble_size": self.ensemble_size,
             "validation_fraction": self.validation_fraction,
+            "max_train_particles": self.max_train_particles,
             "preprocessor": preprocessor.to_dict(),
             "window": asdict(self.window),
             "member_seeds": self.seeds,
@@ -182,7 +191,8 @@ class CNFUpsampler(Upsampler):
         window = spec["window"]
         model = cls(window["sun_position_kpc"], window["r_max_kpc"],
                     Architecture(**spec["architecture"]), Recipe(**spec["recipe"]),
-                    spec["ensemble_size"], spec["validation_fraction"])
+                    spec["ensemble_size"], spec["validation_fraction"],
+                    spec["max_train_particles"])
         model.window = SelectionWindow(model.sun_position_kpc, model.r_max_kpc,
                                        window["max_speed_kms"])
         model.preprocessor = Preprocessor.from_dict(spec["preprocessor"])
