@@ -247,7 +247,7 @@ def bench_log_prob(upsampler: CNFUpsampler, threads: int, quick: bool) -> list[R
     stars = upsampler.sample(n, 11)
     progress(f"upsampler.log_prob({n}), {threads} thread(s)")
     seconds, times, psi = measure(lambda: upsampler.log_prob(stars), threads=threads,
-                                  repeats=2 if quick else 3, warmups=1, min_time=0)
+                                  repeats=2, warmups=1, min_time=0)
     rows.append(Row("log_prob", "upsampler.log_prob", n, threads, seconds, n, None,
                     "1 member, p(r)+p(v|r), in batches of 65536", psi, times))
     flow = one_flow()
@@ -263,7 +263,7 @@ def bench_log_prob(upsampler: CNFUpsampler, threads: int, quick: bool) -> list[R
             # field call for its VJPs, so the graph never spans more than one stage.
             with torch.no_grad():
                 seconds, times, psi = measure(function, threads=n_threads,
-                                              repeats=2 if quick else 3, min_time=0)
+                                              repeats=3 if batch <= 4096 else 2, min_time=0)
             rows.append(Row("log_prob-1flow", how, batch, n_threads, seconds, batch, None,
                             f"max|fast-torchdyn| = {gap:.1e}" if how == "torchdyn" else "",
                             psi, times))
@@ -290,73 +290,81 @@ def _epoch(flow: ContinuousFlow, optimizer: torch.optim.Optimizer, data: torch.T
 
 
 def _compile_frames() -> int:
+    """Graphs dynamo has compiled so far in this process (-1 where unknown)."""
     try:
         from torch._dynamo.utils import counters
-        return int(sum(counters["stats"].values()))
+        return int(counters["stats"]["unique_graphs"])
     except Exception:  # noqa: BLE001 (private API; the count is informative only)
         return -1
 
 
 def bench_training(upsampler: CNFUpsampler, galaxy: MockGalaxy, threads: int,
                    quick: bool) -> list[Row]:
-    """One epoch, 10 Adam minibatches, of the unconditional flow on preprocessed positions."""
+    """One epoch, 10 Adam minibatches, of the unconditional flow on preprocessed positions.
+
+    The warm-up "epoch" before each timed epoch is short: two minibatches of the timed
+    epoch's own size. The size matters for ``compile=True``: the compiled graphs are
+    dynamic in the batch size only within a range (in torch 2.13 inductor guards on
+    ``batch <= 4096``), so a warm-up on smaller minibatches would leave a recompilation
+    inside the timed epoch. The first compiled minibatch compiles the forward and backward
+    graphs (two variants: the first RK4 stage's input does not require grad, the others
+    do); the compile time is that minibatch's time less the second, warm, one.
+    """
     full = 240_000
     points = 24_000 if quick else full
     scale = full / points
     particles = galaxy.particles(points, seed=5)
     positions, _ = upsampler.preprocessor.positions_forward(particles.positions)
     data = torch.as_tensor(positions, dtype=torch.float32)
-    warm_data = data[: max(points // 10, 100)]
     batches = Recipe().batches_per_epoch
+    batch = len(data) // batches
+    warm_data = data[: 2 * batch]
     rows = []
     torch.set_num_threads(threads)
     scaled = f" (measured on {points}, ×{scale:g})" if scale != 1 else ""
 
-    # Eager: a warm-up epoch on a tenth of the points, then the timed epoch.
+    def timed_epoch(flow: ContinuousFlow, optimizer: torch.optim.Optimizer) -> tuple[float,
+                                                                                     float]:
+        wait_idle()
+        psi0 = cpu_pressure()
+        start = time.perf_counter()
+        _epoch(flow, optimizer, data, batches, 1)
+        seconds = time.perf_counter() - start
+        psi = max([p for p in (psi0, cpu_pressure()) if p is not None], default=None)
+        return seconds, psi
+
+    # Eager.
     flow = one_flow().train()
     flow.field.compile = False
     optimizer = torch.optim.Adam(flow.parameters(), lr=Recipe().learning_rate)
-    progress(f"training epoch, eager: warm-up on {len(warm_data)} points")
-    _epoch(flow, optimizer, warm_data, batches, 0)
-    progress(f"training epoch, eager: timed on {points} points")
-    wait_idle()
-    psi0 = cpu_pressure()
-    start = time.perf_counter()
-    _epoch(flow, optimizer, data, batches, 1)
-    eager = time.perf_counter() - start
-    psi = max([p for p in (psi0, cpu_pressure()) if p is not None], default=None)
-    rows.append(Row("train-epoch", "eager", len(data) // batches, threads, eager * scale,
-                    full, REFERENCE_EPOCH_S["torchdyn"], "10 minibatches, Adam" + scaled, psi))
+    progress(f"training epoch, eager: warm-up, 2 minibatches of {batch}")
+    _epoch(flow, optimizer, warm_data, 2, 0)
+    progress(f"training epoch, eager: timed, 10 minibatches of {batch}")
+    eager, psi = timed_epoch(flow, optimizer)
+    rows.append(Row("train-epoch", "eager", batch, threads, eager * scale, full,
+                    REFERENCE_EPOCH_S["torchdyn"], "10 minibatches, Adam" + scaled, psi))
 
-    # Compiled: warm-up epochs on a tenth of the points (the first compiles the forward
-    # and backward graphs, dynamic in the batch size; the second runs them warm), then
-    # the timed epoch on all points, which must not recompile.
+    # Compiled.
     flow = one_flow().train()
     flow.field.compile = True
     optimizer = torch.optim.Adam(flow.parameters(), lr=Recipe().learning_rate)
-    progress(f"training epoch, compiled: first (compiling) epoch on {len(warm_data)} points")
-    start = time.perf_counter()
-    _epoch(flow, optimizer, warm_data, batches, 0)
-    first = time.perf_counter() - start
-    start = time.perf_counter()
-    _epoch(flow, optimizer, warm_data, batches, 1)
-    second = time.perf_counter() - start
+    progress(f"training epoch, compiled: warm-up (compiling), 2 minibatches of {batch}")
+    step_times = []
+    for step in range(2):
+        start = time.perf_counter()
+        _epoch(flow, optimizer, warm_data[step * batch:(step + 1) * batch], 1, step)
+        step_times.append(time.perf_counter() - start)
     frames = _compile_frames()
-    progress(f"training epoch, compiled: timed on {points} points")
-    wait_idle()
-    psi0 = cpu_pressure()
-    start = time.perf_counter()
-    _epoch(flow, optimizer, data, batches, 2)
-    compiled = time.perf_counter() - start
-    psi = max([p for p in (psi0, cpu_pressure()) if p is not None], default=None)
-    recompiled = _compile_frames() != frames
-    rows.append(Row("train-epoch", "compile=True", len(data) // batches, threads,
-                    compiled * scale, full, REFERENCE_EPOCH_S["torch.func compiled"],
-                    "10 minibatches, Adam" + scaled
-                    + (" RECOMPILED in the timed epoch" if recompiled else ""), psi))
+    progress(f"training epoch, compiled: timed, 10 minibatches of {batch}")
+    compiled, psi = timed_epoch(flow, optimizer)
+    recompiled = frames >= 0 and _compile_frames() != frames
+    rows.append(Row("train-epoch", "compile=True", batch, threads, compiled * scale, full,
+                    REFERENCE_EPOCH_S["torch.func compiled"], "10 minibatches, Adam" + scaled
+                    + (" RECOMPILED inside the timed epoch" if recompiled else ""), psi))
+    first, second = step_times
     rows.append(Row("train-epoch", "compile time", None, threads, first - second, 0, None,
-                    f"first epoch {first:.1f} s − warm epoch {second:.1f} s "
-                    f"(on {len(warm_data)} points)"))
+                    f"first minibatch {first:.1f} s − warm minibatch {second:.1f} s "
+                    f"({frames} graphs)"))
     return rows
 
 
