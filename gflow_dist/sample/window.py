@@ -45,14 +45,19 @@ class SelectionWindow:
 
 @dataclass
 class DrawStats:
-    """Counts of one streamed draw; ``rejection_rate`` is the share of proposals dropped."""
+    """Counts of one streamed draw.
+
+    ``rejection_rate`` is the share of proposals that fell outside the window; proposals
+    inside it but beyond the n requested (the tail of the last batch) are not rejections.
+    """
 
     proposed: int = 0
+    rejected: int = 0
     kept: int = 0
 
     @property
     def rejection_rate(self) -> float:
-        return 1.0 - self.kept / self.proposed if self.proposed else 0.0
+        return self.rejected / self.proposed if self.proposed else 0.0
 
 
 def draw_in_window(propose: Proposer, n: int, seed: int, window: SelectionWindow,
@@ -67,8 +72,10 @@ def draw_in_window(propose: Proposer, n: int, seed: int, window: SelectionWindow
     while remaining > 0:
         rng = np.random.default_rng([seed, batch_index])
         candidates = propose(batch_size, rng)
-        kept = candidates[window.contains(candidates)][:remaining]
+        inside = window.contains(candidates)
+        kept = candidates[inside][:remaining]
         stats.proposed += len(candidates)
+        stats.rejected += int((~inside).sum())
         stats.kept += len(kept)
         empty = 0 if len(kept) else empty + 1
         if empty >= MAX_EMPTY_BATCHES:
