@@ -178,8 +178,7 @@ def _apply_override(tree: dict[str, Any], path: list[str], value: Any, text: str
 def _section_keys(path: tuple[Any, ...]) -> list[str]:
     model: type[BaseModel] = RunConfig
     for part in path:
-        annotation = model.model_fields[part].annotation
-        model = annotation
+        model = model.model_fields[part].annotation
     return sorted(model.model_fields)
 
 

@@ -33,6 +33,8 @@ def test_run_writes_particles_models_and_samples(finished_run):
     assert len(train) == len(test) == 750
     assert {"spec.json", "member-00.pt", "member-01.pt"} <= {
         p.name for p in (out / "models" / "cnf").iterdir()}
+    spec = json.loads((out / "models/cnf/spec.json").read_text())
+    assert spec["metadata"]["config_sha256"] and spec["member_seeds"]
     history = json.loads((out / "models/cnf/training/member-00/history.json").read_text())
     assert set(history) == {"position", "velocity"}
     manifest = json.loads((out / "samples/cnf/_manifest.json").read_text())

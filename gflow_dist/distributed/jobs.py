@@ -92,7 +92,7 @@ def train_one(config: RunConfig, name: str, out: Path) -> Upsampler:
     runner = ray_member_runner(config.ray.num_cpus_per_member, config.ray.num_gpus_per_member)
     _echo(f"{name}: training on {len(train):,} particles")
     model.fit(train, config.seed, workdir=directory / TRAINING_DIR, runner=runner)
-    model.save(directory)
+    model.save(directory, metadata=run_metadata(config))
     _echo(f"{name}: saved -> {directory}")
     return model
 

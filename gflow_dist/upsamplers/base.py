@@ -29,7 +29,6 @@ class Upsampler(ABC):
     kind: ClassVar[str]
     """Name used in configs (``upsamplers: [...]``) and in ``spec.json``."""
 
-    has_density: ClassVar[bool] = True
     window: SelectionWindow
 
     @classmethod
@@ -72,11 +71,14 @@ class Upsampler(ABC):
     def from_saved(cls, spec: dict[str, Any], directory: Path) -> Upsampler:
         """Rebuild from ``spec`` and the weights in ``directory``."""
 
-    def save(self, directory: str | Path) -> Path:
-        """Save to ``directory`` (created if needed); returns it."""
+    def save(self, directory: str | Path, metadata: dict[str, str] | None = None) -> Path:
+        """Save to ``directory`` (created if needed); returns it.
+
+        ``metadata`` (the run's config, seeds, frame and versions) is kept in ``spec.json``.
+        """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.save_weights(directory)
-        spec = {"kind": self.kind, **self.spec()}
+        spec = {"kind": self.kind, **self.spec(), "metadata": metadata or {}}
         (directory / SPEC_FILE).write_text(json.dumps(spec, indent=2))
         return directory
