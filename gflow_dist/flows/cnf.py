@@ -15,6 +15,8 @@ References:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -33,6 +35,35 @@ only to reproduce models trained with that solver.
 """
 
 _LOG_2PI = math.log(2.0 * math.pi)
+
+TRANSFORM_CHUNK = 16_384
+"""Rows per chunk of a graph-free ``transform`` (sampling)."""
+
+LOG_DET_CHUNK = 4_096
+"""Rows per chunk of a graph-free ``inverse_with_log_det`` (density evaluation).
+
+Without a graph the rows are independent, so big batches are solved a chunk at a time:
+the temporaries of a 65 536-row batch (8 MB per (B, 32) activation, 25 MB per (3, B, 32)
+tangent block) exceed glibc's mmap threshold, so every one of the ~1000 temporaries of a
+solve is a fresh mmap whose pages fault in (≈0.5 M page faults and ~1 s of system time per
+65 536-row ``transform`` on 2 cores). Chunks stay in the allocator's reused heap and in cache.
+"""
+
+
+def _in_chunks(function: Callable[[Tensor, Tensor | None], Any], rows: Tensor,
+               context: Tensor | None, size: int) -> Any:
+    """``function(rows, context)``, a chunk of ``size`` rows at a time on the CPU without a graph.
+
+    Rows are independent, so chunking changes no value; on a GPU, or while autograd records
+    a graph for training, the batch is solved whole.
+    """
+    if len(rows) <= size or torch.is_grad_enabled() or rows.device.type != "cpu":
+        return function(rows, context)
+    contexts = context.split(size) if context is not None else [None] * math.ceil(len(rows) / size)
+    parts = [function(chunk, c) for chunk, c in zip(rows.split(size), contexts, strict=True)]
+    if isinstance(parts[0], tuple):
+        return tuple(torch.cat(column) for column in zip(*parts, strict=True))
+    return torch.cat(parts)
 
 
 def standard_normal_log_prob(z: Tensor) -> Tensor:
@@ -70,6 +101,9 @@ class ContinuousFlow(nn.Module):
 
     def transform(self, z: Tensor, context: Tensor | None = None) -> Tensor:
         """Push base draws z (B, dim) from t = 0 to data space at t = 1."""
+        return _in_chunks(self._transform, z, context, TRANSFORM_CHUNK)
+
+    def _transform(self, z: Tensor, context: Tensor | None) -> Tensor:
         times, h = self._grid(0.0, 1.0, z)
         c1, c2, c3, c4 = STAGE_TIMES[self.stage_times]
         f = self.field
@@ -85,6 +119,10 @@ class ContinuousFlow(nn.Module):
     def inverse_with_log_det(self, y: Tensor,
                              context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Pull data y (B, dim) back to the base; returns z and ℓ(0) = −∫₀¹ Tr ∂F/∂y dt."""
+        return _in_chunks(self._inverse_with_log_det, y, context, LOG_DET_CHUNK)
+
+    def _inverse_with_log_det(self, y: Tensor,
+                              context: Tensor | None) -> tuple[Tensor, Tensor]:
         times, h = self._grid(1.0, 0.0, y)
         c1, c2, c3, c4 = STAGE_TIMES[self.stage_times]
         div = self.field.with_divergence
