@@ -39,8 +39,8 @@ def _three_values(value: Any) -> Any:
 PositiveFloat = Annotated[float, Field(gt=0)]
 Vector3 = Annotated[tuple[float, float, float], BeforeValidator(_three_values)]
 
-UPSAMPLER_NAMES = ("cnf",)
-"""Upsamplers that ``upsamplers:`` may name; later stages add theirs here."""
+UPSAMPLER_NAMES = ("cnf", "enbid", "enbid_ananke", "maf", "kde_mle")
+"""Upsamplers that ``upsamplers:`` may name: the paper's CNF and its baselines."""
 
 
 class _Frozen(BaseModel):
@@ -104,6 +104,71 @@ class CNFConfig(_Frozen):
     )
 
 
+class EnbidConfig(_Frozen):
+    """Simplified EnBiD kernel smoothing (paper §4); ``kde_mle`` starts from its widths."""
+
+    variance_factor: PositiveFloat = Field(
+        1 / 12, description="kernel variance σ_i² = variance_factor·L_i² for leaf-box side "
+        "L_i; 1/12 is the variance of a uniform distribution over the box"
+    )
+    mass_weighted: StrictBool = Field(
+        False, description="draw parents in proportion to mass (false: uniformly, as the paper)"
+    )
+    truncation_sigma: PositiveFloat = Field(
+        6.0, description="log_prob sums only kernels within this many σ per axis"
+    )
+
+
+class AnankeConfig(_Frozen):
+    """The real EnBiD binary with py-ananke's kernels (the ``enbid`` extra, GPL-2)."""
+
+    neighbours: StrictInt = Field(64, ge=2, description="EnBiD's ngb smoothing neighbours")
+
+
+class KdeMleConfig(_Frozen):
+    """Adaptive KDE: EnBiD widths scaled by factors fitted by maximum likelihood."""
+
+    per_space: StrictBool = Field(
+        True, description="one factor for positions and one for velocities (false: one global)"
+    )
+    holdout_fraction: float = Field(
+        0.2, gt=0.0, lt=1.0, description="share of train particles that scores the factors"
+    )
+
+
+class MAFConfig(_Frozen):
+    """Masked autoregressive flows p(r)·p(v|r) (paper Appendix A), trained like the CNF."""
+
+    ensemble_size: StrictInt = Field(10, ge=1)
+    max_train_particles: StrictInt | None = Field(None, gt=1)
+    transforms: StrictInt = Field(5, ge=1, description="autoregressive transforms per flow")
+    hidden_layers: StrictInt = Field(2, ge=1)
+    hidden_units: StrictInt = Field(128, ge=1)
+    learning_rate: PositiveFloat = 1e-3
+    refine_learning_rate: PositiveFloat = 1e-4
+    validation_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    batches_per_epoch: StrictInt = Field(10, ge=1)
+    max_epochs: StrictInt = Field(100_000, ge=1)
+    patience: StrictInt = Field(50, ge=1)
+    refine: StrictBool = True
+
+
+class CatalogConfig(_Frozen):
+    """The HEALPix-partitioned catalogs written from each upsampler's stars."""
+
+    formats: tuple[Literal["hats", "zarr"], ...] = Field(
+        ("hats", "zarr"), description="HATS Parquet (lsdb, Dask) and/or Zarr v3 (xarray)"
+    )
+    partition_order: StrictInt | None = Field(
+        None, ge=0, le=19, description="fixed HEALPix order of the partitions; null splits "
+        "dense pixels adaptively up to highest_order"
+    )
+    highest_order: StrictInt = Field(10, ge=0, le=19)
+    max_rows_per_partition: StrictInt = Field(
+        1_000_000, gt=0, description="adaptive partitions split until they hold at most this"
+    )
+
+
 class SampleConfig(_Frozen):
     """How many stars to draw: ``factor`` per train particle or a ``total``."""
 
@@ -134,7 +199,12 @@ class RunConfig(_Frozen):
     upsamplers: tuple[Literal[UPSAMPLER_NAMES], ...] = ("cnf",)  # type: ignore[valid-type]
     split: SplitConfig = SplitConfig()
     cnf: CNFConfig = CNFConfig()
+    enbid: EnbidConfig = EnbidConfig()
+    enbid_ananke: AnankeConfig = AnankeConfig()
+    kde_mle: KdeMleConfig = KdeMleConfig()
+    maf: MAFConfig = MAFConfig()
     sample: SampleConfig = SampleConfig()
+    catalog: CatalogConfig = CatalogConfig()
     ray: RayConfig = RayConfig()
 
     def to_dict(self) -> dict[str, Any]:
@@ -207,7 +277,8 @@ def _drop_empty_sections(tree: dict[str, Any]) -> dict[str, Any]:
             for key, value in tree.items()}
 
 
-_SECTIONS = ("galaxy", "split", "cnf", "sample", "ray")
+_SECTIONS = ("galaxy", "split", "cnf", "enbid", "enbid_ananke", "kde_mle", "maf", "sample",
+             "catalog", "ray")
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:

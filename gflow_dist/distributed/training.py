@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from gflow_dist.distributed.cluster import check_resources
-from gflow_dist.flows.upsampler import MemberRunner
+from gflow_dist.upsamplers.base import MemberRunner
 
 MAX_RETRIES = 3
 """Retries of a member whose worker died; each resumes from its checkpoint."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -32,29 +32,11 @@ from gflow_dist.flows.member import (
 from gflow_dist.flows.training import Recipe
 from gflow_dist.preprocess import Preprocessor
 from gflow_dist.sample.window import SelectionWindow
-from gflow_dist.upsamplers.base import Upsampler
-
-MemberRunner = Callable[[Callable[..., Path], Sequence[dict[str, Any]]], list[Path]]
-"""Runs ``train_member(**kwargs)`` for every kwargs dict and returns the directories.
-
-The default runs them one after another here; the distributed layer passes one that
-runs them in Ray actors.
-"""
+from gflow_dist.upsamplers.base import MemberRunner, Upsampler, member_seeds, run_members_here
 
 LOG_PROB_BATCH = 65_536
 PAPER_ARCHITECTURE = Architecture()
 PAPER_RECIPE = Recipe()
-
-
-def run_members_here(function: Callable[..., Path],
-                     jobs: Sequence[dict[str, Any]]) -> list[Path]:
-    """Train the members one after another in this process."""
-    return [function(**job) for job in jobs]
-
-
-def member_seeds(seed: int, count: int) -> list[int]:
-    """Independent per-member seeds derived from the run seed."""
-    return [int(s) for s in np.random.SeedSequence(seed).generate_state(count, np.uint32)]
 
 
 class CNFUpsampler(Upsampler):

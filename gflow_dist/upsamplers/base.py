@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -21,6 +21,24 @@ from gflow_dist.data.particles import ParticleSet
 from gflow_dist.sample.window import DrawStats, SelectionWindow, draw_in_window
 
 SPEC_FILE = "spec.json"
+
+MemberRunner = Callable[[Callable[..., Path], Sequence[dict[str, Any]]], list[Path]]
+"""Runs ``function(**kwargs)`` for every kwargs dict and returns the directories.
+
+Ensembles (CNF, MAF) train their members through it. The default runs them one after
+another here; the distributed layer passes one that runs them as Ray tasks.
+"""
+
+
+def run_members_here(function: Callable[..., Path],
+                     jobs: Sequence[dict[str, Any]]) -> list[Path]:
+    """Train the members one after another in this process."""
+    return [function(**job) for job in jobs]
+
+
+def member_seeds(seed: int, count: int) -> list[int]:
+    """Independent per-member seeds derived from the run seed."""
+    return [int(s) for s in np.random.SeedSequence(seed).generate_state(count, np.uint32)]
 
 
 class Upsampler(ABC):
@@ -37,8 +55,13 @@ class Upsampler(ABC):
         """A new, unfitted upsampler configured by the run config."""
 
     @abstractmethod
-    def fit(self, particles: ParticleSet, seed: int) -> Upsampler:
-        """Fit to the train particles; returns self."""
+    def fit(self, particles: ParticleSet, seed: int, workdir: str | Path | None = None,
+            runner: MemberRunner = run_members_here) -> Upsampler:
+        """Fit to the train particles; returns self.
+
+        ``workdir`` keeps checkpoints that a rerun resumes from, and ``runner`` runs
+        independent training jobs (ensemble members); upsamplers without either ignore them.
+        """
 
     @abstractmethod
     def propose(self, count: int, rng: np.random.Generator) -> np.ndarray:
