@@ -360,7 +360,8 @@ def test_to_yaml_round_trips(path):
 
 def test_to_dict_is_complete_and_json_safe():
     tree = load_config(None).to_dict()
-    assert set(tree) == {"seed", "galaxy", "upsamplers", "split", "cnf", "sample", "ray"}
+    assert set(tree) == {"seed", "galaxy", "upsamplers", "split", "cnf", "enbid", "enbid_ananke",
+                         "kde_mle", "maf", "sample", "catalog", "ray"}
     assert tree["galaxy"]["sun_position_kpc"] == [-8.0, 0.0, 0.02]
     assert tree["upsamplers"] == ["cnf"]
 
