@@ -117,6 +117,8 @@ def train_member(positions: np.ndarray, velocities: np.ndarray, architecture: Ar
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         member = MemberFlows(architecture.build(0).to(target), architecture.build(3).to(target))
+    for flow in (member.position, member.velocity):
+        flow.field.compile = recipe.compile
     histories = {
         "position": train(member.position, _negative_log_likelihood, r_fit, None, r_val, None,
                           recipe, seed, directory / "position.ckpt", f"seed {seed} p(r)"),

@@ -132,7 +132,6 @@ def train(flow: nn.Module, loss_fn: LossFn, data: Tensor, context: Tensor | None
     Returns:
         The loss curves of every phase.
     """
-    flow.field.compile = recipe.compile
     state = torch.load(checkpoint, weights_only=True) if checkpoint.exists() else None
     history = History()
     best_state = copy.deepcopy(flow.state_dict())
