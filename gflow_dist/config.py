@@ -5,7 +5,8 @@ wrong type or a value out of range raises :class:`~gflow_dist.errors.ConfigError
 naming the file, the key and what is allowed. Keys that scripts rely on are fixed:
 ``galaxy.source``, ``galaxy.sun_position_kpc``, ``galaxy.r_max_kpc``, ``upsamplers``,
 ``seed``, ``cnf.ensemble_size``, ``cnf.max_epochs``, ``cnf.patience``,
-``sample.factor`` and ``sample.total``.
+``sample.factor``, ``sample.total``, ``evaluate.samples_per_particle``,
+``evaluate.max_epochs`` and ``evaluate.patience``.
 """
 
 from __future__ import annotations
@@ -169,6 +170,33 @@ class CatalogConfig(_Frozen):
     )
 
 
+class EvaluateConfig(_Frozen):
+    """The multi-model classifier test (paper §5.3) and the scores beyond the paper."""
+
+    enabled: StrictBool = Field(True, description="evaluate as the last stage of `gflow run`")
+    samples_per_particle: PositiveFloat = Field(
+        200.0, description="K: each upsampler draws K × N_train stars for the classifier "
+        "(paper: 200)"
+    )
+    hidden_units: tuple[StrictInt, ...] = Field(
+        (2048, 1024, 128, 128), description="the classifier MLP's hidden layers (paper §5.3)"
+    )
+    validation_fraction: float = Field(0.5, gt=0.0, lt=1.0, description="paper: half")
+    batches_per_epoch: StrictInt = Field(1000, ge=1, description="paper: 1000")
+    learning_rate: PositiveFloat = 1e-3
+    refine_learning_rate: PositiveFloat = 1e-4
+    max_epochs: StrictInt = Field(100_000, ge=1, description="cap per training phase")
+    patience: StrictInt = Field(100, ge=1, description="paper: 100 epochs")
+    refine: StrictBool = True
+    two_sample: StrictBool = Field(
+        True, description="also the binary particles-vs-upsampler AUC of §5.2 (secondary)"
+    )
+    truth: StrictBool = Field(
+        True, description="KL(truth ‖ model) and the AUC against fresh truth draws when the "
+        "galaxy's density is known (the mock galaxy)"
+    )
+
+
 class SampleConfig(_Frozen):
     """How many stars to draw: ``factor`` per train particle or a ``total``."""
 
@@ -205,6 +233,7 @@ class RunConfig(_Frozen):
     maf: MAFConfig = MAFConfig()
     sample: SampleConfig = SampleConfig()
     catalog: CatalogConfig = CatalogConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
     ray: RayConfig = RayConfig()
 
     def to_dict(self) -> dict[str, Any]:
@@ -278,7 +307,7 @@ def _drop_empty_sections(tree: dict[str, Any]) -> dict[str, Any]:
 
 
 _SECTIONS = ("galaxy", "split", "cnf", "enbid", "enbid_ananke", "kde_mle", "maf", "sample",
-             "catalog", "ray")
+             "catalog", "evaluate", "ray")
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:

@@ -63,7 +63,8 @@ def test_shipped_configs_state_only_keys_that_differ_or_are_fixed(path):
     """Every stated leaf differs from its default, unless it is one of the fixed keys."""
     fixed = {"galaxy.source", "galaxy.sun_position_kpc", "galaxy.r_max_kpc", "upsamplers",
              "seed", "cnf.ensemble_size", "cnf.max_epochs", "cnf.patience", "sample.factor",
-             "sample.total", "cnf.refine"}
+             "sample.total", "cnf.refine", "evaluate.samples_per_particle",
+             "evaluate.max_epochs", "evaluate.patience"}
     defaults = RunConfig().to_dict()
     stated = yaml.safe_load(path.read_text())
 
@@ -361,7 +362,7 @@ def test_to_yaml_round_trips(path):
 def test_to_dict_is_complete_and_json_safe():
     tree = load_config(None).to_dict()
     assert set(tree) == {"seed", "galaxy", "upsamplers", "split", "cnf", "enbid", "enbid_ananke",
-                         "kde_mle", "maf", "sample", "catalog", "ray"}
+                         "kde_mle", "maf", "sample", "catalog", "evaluate", "ray"}
     assert tree["galaxy"]["sun_position_kpc"] == [-8.0, 0.0, 0.02]
     assert tree["upsamplers"] == ["cnf"]
 

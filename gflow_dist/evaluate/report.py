@@ -1,0 +1,180 @@
+"""The evaluation stage: classifier tests and truth scores, written as a report.
+
+For the fitted upsamplers of a run it computes
+
+- the multi-model classifier test (paper §5.3): LP(C) ± standard error per upsampler, the
+  pairwise differences with paired standard errors, and the AUCs;
+- the two-sample AUC of test particles against each upsampler (paper §5.2, secondary);
+- when the galaxy's density is known (the built-in mock galaxy): KL(truth ‖ model) in
+  nats for each upsampler with a density, and the two-sample AUC against fresh truth
+  draws, which the truth can supply without limit;
+
+and writes ``report.json``, ``report.md`` (tables in the style of the paper's Table 1 /
+A1, and the classifier histograms as PNG), printing the table to the terminal.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gflow_dist.config import RunConfig
+from gflow_dist.data.ingest import mock_galaxy
+from gflow_dist.data.particles import ParticleSet
+from gflow_dist.evaluate.classifier import ClassifierSettings
+from gflow_dist.evaluate.classifier_tests import multi_model_test, two_sample_auc
+from gflow_dist.evaluate.figures import classifier_histograms
+from gflow_dist.evaluate.truth import kl_divergence
+from gflow_dist.provenance import run_metadata
+from gflow_dist.upsamplers.base import Upsampler
+
+REPORT_JSON = "report.json"
+REPORT_MD = "report.md"
+HISTOGRAM_PNG = "classifier_histograms.png"
+_EVALUATION_STREAM = 0x6576616C
+"""Separates the evaluation's random streams from the catalog draw of the same seed."""
+
+
+def evaluation_seed(seed: int, stream: int = 0) -> int:
+    """Seed of the evaluation's ``stream``-th random draw, derived from the run seed."""
+    return int(np.random.SeedSequence([seed, _EVALUATION_STREAM, stream]).generate_state(1)[0])
+
+
+def _echo(message: str) -> None:
+    print(message, flush=True)
+
+
+def _truth_scores(config: RunConfig, models: Mapping[str, Upsampler],
+                  samples: Mapping[str, np.ndarray], test: ParticleSet,
+                  settings: ClassifierSettings, workdir: Path) -> dict[str, Any]:
+    truth = mock_galaxy(config)
+    log_true = truth.log_prob(test.phase_space)
+    kl, auc = {}, {}
+    for index, (name, model) in enumerate(models.items()):
+        try:
+            log_model = model.log_prob(test.phase_space)
+        except TypeError:
+            log_model = None
+        if log_model is not None:
+            value, error = kl_divergence(log_true, log_model)
+            kl[name] = {"value": value, "stderr": error}
+        draws = truth.sample(2 * len(samples[name]), evaluation_seed(config.seed, 100 + index))
+        draws = draws[model.window.contains(draws)][:len(samples[name])]
+        auc[name] = two_sample_auc(draws, samples[name], settings,
+                                   evaluation_seed(config.seed, 200 + index),
+                                   workdir / f"truth-{name}.ckpt", f"truth vs {name}")
+        _echo(f"truth vs {name}: AUC {auc[name]:.4f}"
+              + (f", KL {kl[name]['value']:.4f} ± {kl[name]['stderr']:.4f} nats"
+                 if name in kl else ""))
+    return {"kl_nats": kl, "auc": auc}
+
+
+def evaluate(config: RunConfig, models: Mapping[str, Upsampler], train: ParticleSet,
+             test: ParticleSet, out: Path) -> dict[str, Any]:
+    """Run every configured test on ``models`` and write the report under ``out``."""
+    settings = ClassifierSettings.from_config(config.evaluate)
+    workdir = out / "evaluation"
+    n_samples = max(2, round(config.evaluate.samples_per_particle * len(train)))
+    _echo(f"evaluate: drawing {n_samples:,} stars per upsampler "
+          f"({config.evaluate.samples_per_particle:g} per train particle)")
+    samples = {name: model.sample(n_samples, evaluation_seed(config.seed, index),
+                                  config.sample.batch_size)
+               for index, (name, model) in enumerate(models.items())}
+    result = multi_model_test(samples, test.phase_space, settings,
+                              evaluation_seed(config.seed, 1000), workdir)
+    report: dict[str, Any] = {
+        **result.to_dict(),
+        "samples_per_upsampler": n_samples,
+        "samples_per_particle": config.evaluate.samples_per_particle,
+        "n_train": len(train),
+        "classifier": {"hidden_units": list(settings.hidden_units),
+                       "validation_fraction": settings.validation_fraction,
+                       "batches_per_epoch": settings.recipe.batches_per_epoch,
+                       "max_epochs": settings.recipe.max_epochs,
+                       "patience": settings.recipe.patience,
+                       "refine": settings.recipe.refine},
+    }
+    figures = [classifier_histograms(result, out / HISTOGRAM_PNG)]
+    if config.evaluate.two_sample:
+        report["two_sample_auc"] = {
+            name: two_sample_auc(test.phase_space, samples[name], settings,
+                                 evaluation_seed(config.seed, 300 + index),
+                                 workdir / f"two-sample-{name}.ckpt", f"particles vs {name}")
+            for index, name in enumerate(models)
+        }
+    if config.evaluate.truth and config.galaxy.source == "mock":
+        report["truth"] = _truth_scores(config, models, samples, test, settings, workdir)
+    report["metadata"] = run_metadata(config)
+    (out / REPORT_JSON).write_text(json.dumps(report, indent=2))
+    markdown = render_markdown(report, [f.name for f in figures])
+    (out / REPORT_MD).write_text(markdown)
+    _echo(render_table(report))
+    _echo(f"evaluate: report -> {out / REPORT_MD}")
+    return report
+
+
+def _pm(estimate: Mapping[str, float], digits: int = 4) -> str:
+    return f"{estimate['value']:.{digits}f} ± {estimate['stderr']:.{digits}f}"
+
+
+def _rows(report: Mapping[str, Any]) -> list[list[str]]:
+    truth = report.get("truth", {})
+    rows = []
+    for name in report["upsamplers"]:
+        kl = truth.get("kl_nats", {}).get(name)
+        rows.append([
+            name,
+            _pm(report["log_posterior"][name]),
+            f"{report['two_sample_auc'][name]:.4f}" if "two_sample_auc" in report else "–",
+            _pm(kl) if kl else "–",
+            f"{truth['auc'][name]:.4f}" if name in truth.get("auc", {}) else "–",
+        ])
+    return rows
+
+
+_HEADER = ["upsampler", "LP(C)", "AUC vs particles", "KL(truth‖model) [nats]", "AUC vs truth"]
+
+
+def render_table(report: Mapping[str, Any]) -> str:
+    """The scores as an aligned plain-text table, with the pairwise differences below."""
+    rows = [_HEADER, *_rows(report)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(_HEADER))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True))
+             for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    for pair, estimate in report["differences"].items():
+        sigma = estimate["value"] / estimate["stderr"] if estimate["stderr"] else float("inf")
+        lines.append(f"LP({pair.replace(' - ', ') − LP(')}) = {_pm(estimate)} ({sigma:+.1f}σ)")
+    auc = ", ".join(f"{k} {v:.4f}" for k, v in report["auc"].items())
+    lines.append(f"multi-model classifier AUC: {auc}")
+    return "\n".join(lines)
+
+
+def render_markdown(report: Mapping[str, Any], figures: list[str]) -> str:
+    """``report.md``: the paper-style tables and the figures."""
+    lines = [
+        "# Upsampler evaluation",
+        "",
+        f"Multi-model classifier test (arXiv:2211.11765 §5.3) of {', '.join(report['upsamplers'])}"
+        f" on {report['n_test']:,} test particles; {report['samples_per_upsampler']:,} stars "
+        f"per upsampler ({report['samples_per_particle']:g} per train particle). Larger "
+        "(less negative) LP(C) is better; errors are 1σ standard errors of the mean.",
+        "",
+        "| " + " | ".join(_HEADER) + " |",
+        "|" + "---|" * len(_HEADER),
+        *("| " + " | ".join(row) + " |" for row in _rows(report)),
+        "",
+        "| difference | value ± paired stderr | significance |",
+        "|---|---|---|",
+    ]
+    for pair, estimate in report["differences"].items():
+        sigma = estimate["value"] / estimate["stderr"] if estimate["stderr"] else float("inf")
+        lines.append(f"| LP({pair.replace(' - ', ') − LP(')}) | {_pm(estimate)} | {sigma:+.1f}σ |")
+    auc = ", ".join(f"{k}: {v:.4f}" for k, v in report["auc"].items())
+    lines += ["", f"Multi-model classifier AUC (validation stars): {auc}.", ""]
+    lines += [f"![{name}]({name})" for name in figures]
+    return "\n".join(lines) + "\n"
