@@ -68,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("ingest", "read, select and split the particles"),
         ("train", "fit the configured upsamplers"),
         ("sample", "draw upsampled stars (sample.factor per particle or sample.total)"),
-        ("all", "the main job: ingest, train and sample"),
+        ("evaluate", "compare the upsamplers: classifier tests, truth scores, report"),
+        ("all", "the main job: ingest, train, sample and evaluate"),
     ):
         command = commands.add_parser("run" if stage == "all" else stage, help=text)
         _job_arguments(command)

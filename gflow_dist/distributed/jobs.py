@@ -6,6 +6,8 @@ Output layout under ``out``:
 - ``models/<name>/``: a saved upsampler (``spec.json`` + weights) and ``training/``
   (per-member checkpoints and loss curves);
 - ``samples/<name>/``: the upsampled stars as Parquet parts with a manifest;
+- ``report.json``, ``report.md`` and figures: the evaluation (classifier tests, truth
+  scores) of the upsamplers;
 - ``run.json``: the resolved config, versions, seeds and frame.
 
 Every stage is idempotent: a rerun with the same config finds its outputs and skips,
@@ -30,6 +32,7 @@ from gflow_dist.data.ingest import (
     write_ingested,
 )
 from gflow_dist.distributed.training import ray_member_runner
+from gflow_dist.evaluate.report import evaluate
 from gflow_dist.provenance import run_metadata
 from gflow_dist.sample.writer import write_samples
 from gflow_dist.upsamplers.base import SPEC_FILE, Upsampler
@@ -129,8 +132,21 @@ def write_run_record(config: RunConfig, out: Path) -> None:
     (out / "run.json").write_text(json.dumps(run_metadata(config), indent=2))
 
 
+def run_evaluate(config: RunConfig, out: Path) -> None:
+    """Compare the configured upsamplers with the classifier tests; write the report."""
+    if len(config.upsamplers) < 2:
+        _echo(f"evaluate: skipped, the multi-model test needs 2 or more upsamplers "
+              f"(configured: {', '.join(config.upsamplers)})")
+        return
+    models = run_train(config, out)
+    train, test = read_ingested(out)
+    evaluate(config, models, train, test, out)
+
+
 def run_all(config: RunConfig, out: Path) -> None:
-    """The main job: ingest → train → sample."""
+    """The main job: ingest → train → sample → evaluate."""
     write_run_record(config, out)
     run_ingest(config, out)
     run_sample(config, out)
+    if config.evaluate.enabled:
+        run_evaluate(config, out)
