@@ -25,6 +25,19 @@ def mock_split(mock_galaxy):
 
 
 @pytest.fixture(scope="session")
+def fitted_cnf(mock_split):
+    """A 2-member CNF trained briefly on the 2,000 train particles (10 RK4 steps, for speed)."""
+    from gflow_dist.flows.member import Architecture
+    from gflow_dist.flows.training import Recipe
+    from gflow_dist.flows.upsampler import CNFUpsampler
+
+    train_half, _ = mock_split
+    model = CNFUpsampler(SUN, R_MAX, architecture=Architecture(steps=10),
+                         recipe=Recipe(max_epochs=25, patience=5, refine=False), ensemble_size=2)
+    return model.fit(train_half, seed=5)
+
+
+@pytest.fixture(scope="session")
 def ray_cluster():
     """A local Ray cluster shared by the session (starting one takes ~15 s on 2 cores)."""
     import ray

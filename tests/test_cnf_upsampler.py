@@ -14,16 +14,11 @@ from gflow_dist.flows.training import Recipe, train, validation_split
 from gflow_dist.flows.upsampler import CNFUpsampler
 from tests.conftest import R_MAX, SUN
 
-SMALL = Recipe(max_epochs=25, patience=5, refine=False)
-TEN_STEPS = Architecture(steps=10)
 
-
-@pytest.fixture(scope="module")
-def fitted(mock_split):
-    """A 2-member CNF trained briefly on 2,000 mock particles (10 RK4 steps, for speed)."""
-    train_half, _ = mock_split
-    model = CNFUpsampler(SUN, R_MAX, architecture=TEN_STEPS, recipe=SMALL, ensemble_size=2)
-    return model.fit(train_half, seed=5)
+@pytest.fixture
+def fitted(fitted_cnf):
+    """The session's 2-member CNF on 2,000 mock particles (see conftest)."""
+    return fitted_cnf
 
 
 def test_cnf_beats_a_gaussian_on_held_out_particles(fitted, mock_split, mock_galaxy):
