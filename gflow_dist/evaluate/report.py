@@ -48,6 +48,22 @@ def _echo(message: str) -> None:
     print(message, flush=True)
 
 
+def _kl_entry(log_true: np.ndarray, log_model: np.ndarray) -> dict[str, float | None]:
+    """KL(truth ‖ model) ± stderr; None (infinite) when the model has zero density at some
+    test particles, as compact kernels do in the gaps between them."""
+    zero = float(np.mean(np.isneginf(log_model)))
+    if zero > 0:
+        return {"value": None, "stderr": None, "zero_density_fraction": zero}
+    value, error = kl_divergence(log_true, log_model)
+    return {"value": value, "stderr": error, "zero_density_fraction": 0.0}
+
+
+def _kl_text(entry: Mapping[str, float | None]) -> str:
+    if entry["value"] is None:
+        return f"∞ (zero density at {entry['zero_density_fraction']:.1%} of test particles)"
+    return _pm(entry)
+
+
 def _truth_scores(config: RunConfig, models: Mapping[str, Upsampler],
                   samples: Mapping[str, np.ndarray], test: ParticleSet,
                   settings: ClassifierSettings, workdir: Path) -> dict[str, Any]:
@@ -60,16 +76,14 @@ def _truth_scores(config: RunConfig, models: Mapping[str, Upsampler],
         except TypeError:
             log_model = None
         if log_model is not None:
-            value, error = kl_divergence(log_true, log_model)
-            kl[name] = {"value": value, "stderr": error}
+            kl[name] = _kl_entry(log_true, log_model)
         draws = truth.sample(2 * len(samples[name]), evaluation_seed(config.seed, 100 + index))
         draws = draws[model.window.contains(draws)][:len(samples[name])]
         auc[name] = two_sample_auc(draws, samples[name], settings,
                                    evaluation_seed(config.seed, 200 + index),
                                    workdir / f"truth-{name}.ckpt", f"truth vs {name}")
         _echo(f"truth vs {name}: AUC {auc[name]:.4f}"
-              + (f", KL {kl[name]['value']:.4f} ± {kl[name]['stderr']:.4f} nats"
-                 if name in kl else ""))
+              + (f", KL(truth ‖ {name}) {_kl_text(kl[name])} nats" if name in kl else ""))
     return {"kl_nats": kl, "auc": auc}
 
 
@@ -130,7 +144,7 @@ def _rows(report: Mapping[str, Any]) -> list[list[str]]:
             name,
             _pm(report["log_posterior"][name]),
             f"{report['two_sample_auc'][name]:.4f}" if "two_sample_auc" in report else "–",
-            _pm(kl) if kl else "–",
+            _kl_text(kl) if kl else "–",
             f"{truth['auc'][name]:.4f}" if name in truth.get("auc", {}) else "–",
         ])
     return rows

@@ -11,9 +11,10 @@ from gflow_dist.upsamplers.base import SPEC_FILE, Upsampler
 
 
 def _registry() -> dict[str, type[Upsampler]]:
+    from gflow_dist.baselines.ananke import AnankeUpsampler
     from gflow_dist.flows.upsampler import CNFUpsampler
 
-    return {cls.kind: cls for cls in (CNFUpsampler,)}
+    return {cls.kind: cls for cls in (CNFUpsampler, AnankeUpsampler)}
 
 
 def create(name: str, config: RunConfig) -> Upsampler:

@@ -78,7 +78,11 @@ class Upsampler(ABC):
         return np.concatenate(batches) if batches else np.empty((0, 6))
 
     def log_prob(self, phase_space: np.ndarray) -> np.ndarray:
-        """ln density [kpc⁻³ (km/s)⁻³] of (n, 6) rows; −inf outside the window's sphere."""
+        """ln density [kpc⁻³ (km/s)⁻³] of the stars it draws, at (n, 6) rows.
+
+        −inf where it never draws a star: at least outside the window's sphere, and for
+        compact kernels also in the gaps between them.
+        """
         raise TypeError(f"upsampler {self.kind!r} has no density")
 
     @abstractmethod
