@@ -1,0 +1,1 @@
+"""Star catalogs from upsampled stars: observables, HEALPix partitions, writers and figures."""
