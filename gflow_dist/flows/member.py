@@ -1,5 +1,10 @@
 """One ensemble member: the pair of flows p(r) and p(v|r), trained one after the other.
 
+A member is the same for every kind of flow: an architecture (:class:`Architecture` for
+the CNF, :class:`gflow_dist.flows.maf.MAFArchitecture` for the MAF) builds both flows,
+and each flow offers ``log_prob(y, context)`` and ``transform(z, context)`` (base draws
+z ~ N(0, I) to data).
+
 :func:`train_member` is a plain function of arrays, a seed and a directory, so it runs
 unchanged in this process, in a Ray task or in a Ray actor. Everything it writes lives in
 its directory: the training checkpoints (for resuming), the best weights and the loss
@@ -14,16 +19,26 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from gflow_dist.flows.cnf import ContinuousFlow
 from gflow_dist.flows.training import Recipe, train, validation_split
 
 WEIGHTS_FILE = "weights.pt"
 HISTORY_FILE = "history.json"
+
+
+class FlowArchitecture(Protocol):
+    """The shape of a member's flows: a frozen dataclass whose fields go to ``spec.json``."""
+
+    def build(self, context_dim: int) -> nn.Module:
+        """A fresh 3-D flow conditioned on ``context_dim`` inputs, with ``log_prob`` and
+        ``transform`` as :class:`ContinuousFlow` has them."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -44,8 +59,8 @@ class Architecture:
 class MemberFlows:
     """A trained member: p(r) on preprocessed positions, p(v|r) on standardised velocities."""
 
-    position: ContinuousFlow
-    velocity: ContinuousFlow
+    position: nn.Module
+    velocity: nn.Module
 
     def log_prob(self, positions: Tensor, velocities: Tensor) -> Tensor:
         """log p(s_r) + log p(s_v | s_r) in the preprocessed space, shape (B,)."""
@@ -61,7 +76,7 @@ class MemberFlows:
         return state | {f"velocity.{k}": v for k, v in self.velocity.state_dict().items()}
 
     @classmethod
-    def load(cls, architecture: Architecture, path: Path,
+    def load(cls, architecture: FlowArchitecture, path: Path,
              device: torch.device | str = "cpu") -> MemberFlows:
         """Rebuild from a weights-only file written by :func:`train_member`."""
         state = torch.load(path, map_location=device, weights_only=True)
@@ -79,12 +94,12 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _negative_log_likelihood(flow: ContinuousFlow, data: Tensor,
+def _negative_log_likelihood(flow: nn.Module, data: Tensor,
                              context: Tensor | None) -> Tensor:
     return -flow.log_prob(data, context).mean()
 
 
-def train_member(positions: np.ndarray, velocities: np.ndarray, architecture: Architecture,
+def train_member(positions: np.ndarray, velocities: np.ndarray, architecture: FlowArchitecture,
                  recipe: Recipe, validation_fraction: float, seed: int,
                  directory: str | Path, device: str | None = None) -> Path:
     """Train one member on preprocessed train rows and write it to ``directory``.
@@ -92,7 +107,7 @@ def train_member(positions: np.ndarray, velocities: np.ndarray, architecture: Ar
     Args:
         positions: (n, 3) preprocessed positions (eqs. 9–11).
         velocities: (n, 3) standardised velocities (eq. 11).
-        architecture: the flows' shape.
+        architecture: the flows' shape (CNF or MAF).
         recipe: the training budget (paper §3.3).
         validation_fraction: share of rows held out for early stopping (paper: 0.2).
         seed: seeds the initial weights, the validation split and the shuffles.
@@ -117,8 +132,9 @@ def train_member(positions: np.ndarray, velocities: np.ndarray, architecture: Ar
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         member = MemberFlows(architecture.build(0).to(target), architecture.build(3).to(target))
-    for flow in (member.position, member.velocity):
-        flow.field.compile = recipe.compile
+    if recipe.compile:  # only the CNF has a compiled path (FlowEnsemble.compilable)
+        for flow in (member.position, member.velocity):
+            flow.field.compile = True
     histories = {
         "position": train(member.position, _negative_log_likelihood, r_fit, None, r_val, None,
                           recipe, seed, directory / "position.ckpt", f"seed {seed} p(r)"),

@@ -12,9 +12,10 @@ from gflow_dist.upsamplers.base import SPEC_FILE, Upsampler
 
 def _registry() -> dict[str, type[Upsampler]]:
     from gflow_dist.baselines.ananke import AnankeUpsampler
+    from gflow_dist.flows.maf import MAFUpsampler
     from gflow_dist.flows.upsampler import CNFUpsampler
 
-    return {cls.kind: cls for cls in (CNFUpsampler, AnankeUpsampler)}
+    return {cls.kind: cls for cls in (CNFUpsampler, MAFUpsampler, AnankeUpsampler)}
 
 
 def create(name: str, config: RunConfig) -> Upsampler:

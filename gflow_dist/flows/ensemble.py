@@ -1,0 +1,188 @@
+"""An ensemble of flow pairs p(r)·p(v|r) behind the upsampler interface (CNF and MAF).
+
+Members are trained independently from per-member seeds on the same preprocessed train
+particles (eqs. 9–11). The ensemble density is the mean of the member densities; an
+ensemble draw picks a member uniformly at random for every star (paper §3.3). Densities
+are returned in physical units by adding the log-Jacobians of the preprocessing.
+
+Subclasses differ only in the flows of a member, that is in their architecture
+(``architecture_type``), their ``kind`` and how the run config maps onto them.
+
+References:
+    arXiv:2211.11765, §3.1 eq. 4, §3.3 and Appendix A.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, ClassVar, Self
+
+import numpy as np
+import torch
+
+from gflow_dist.data.particles import ParticleSet
+from gflow_dist.errors import GflowError
+from gflow_dist.flows.member import (
+    WEIGHTS_FILE,
+    FlowArchitecture,
+    MemberFlows,
+    default_device,
+    train_member,
+)
+from gflow_dist.flows.training import Recipe
+from gflow_dist.preprocess import Preprocessor
+from gflow_dist.sample.window import SelectionWindow
+from gflow_dist.upsamplers.base import MemberRunner, Upsampler, member_seeds, run_members_here
+
+LOG_PROB_BATCH = 65_536
+"""Rows per batch of the ensemble density."""
+
+PAPER_RECIPE = Recipe()
+
+
+class FlowEnsemble(Upsampler):
+    """Equally weighted members, each a pair of flows on the preprocessed phase space.
+
+    Args:
+        sun_position_kpc: centre of the selection sphere [kpc].
+        r_max_kpc: its radius [kpc].
+        architecture: the flows' shape; None uses ``architecture_type()``.
+        recipe: the training budget (paper §3.3).
+        ensemble_size: number of independently seeded members (paper: 10).
+        validation_fraction: held-out share for early stopping (paper: 0.2).
+        max_train_particles: fit on a seeded random subset of at most this many train
+            particles (a budget for demos); None uses them all.
+    """
+
+    architecture_type: ClassVar[type[Any]]
+    """The frozen dataclass of this kind's architecture (a :class:`FlowArchitecture`)."""
+
+    compilable: ClassVar[bool] = True
+    """Whether the flows can train through ``torch.compile`` (``Recipe.compile``)."""
+
+    def __init__(self, sun_position_kpc: Sequence[float], r_max_kpc: float,
+                 architecture: FlowArchitecture | None = None, recipe: Recipe = PAPER_RECIPE,
+                 ensemble_size: int = 10, validation_fraction: float = 0.2,
+                 max_train_particles: int | None = None) -> None:
+        if recipe.compile and not self.compilable:
+            raise GflowError(f"{self.kind}: these flows have no torch.compile path; "
+                             "train them with Recipe(compile=False)")
+        self.sun_position_kpc = tuple(float(v) for v in sun_position_kpc)
+        self.r_max_kpc = float(r_max_kpc)
+        self.architecture = architecture if architecture is not None else self.architecture_type()
+        self.recipe = recipe
+        self.ensemble_size = ensemble_size
+        self.validation_fraction = validation_fraction
+        self.max_train_particles = max_train_particles
+        self.window = SelectionWindow(self.sun_position_kpc, self.r_max_kpc)
+        self.preprocessor: Preprocessor | None = None
+        self.members: list[MemberFlows] = []
+        self.seeds: list[int] = []
+        self.device = default_device()
+
+    def fit(self, particles: ParticleSet, seed: int, workdir: str | Path | None = None,
+            runner: MemberRunner = run_members_here) -> Self:
+        """Fit the preprocessing, then train every member (resuming any in ``workdir``)."""
+        if self.max_train_particles is not None and len(particles) > self.max_train_particles:
+            rng = np.random.default_rng([seed, len(particles)])
+            particles = particles.subset(
+                np.sort(rng.choice(len(particles), self.max_train_particles, replace=False)))
+        self.preprocessor = Preprocessor.fit(particles.phase_space, self.sun_position_kpc,
+                                             self.r_max_kpc)
+        max_speed = float(np.linalg.norm(particles.velocities, axis=1).max())
+        self.window = SelectionWindow(self.sun_position_kpc, self.r_max_kpc, max_speed)
+        positions, _ = self.preprocessor.positions_forward(particles.positions)
+        velocities, _ = self.preprocessor.velocities_forward(particles.velocities)
+        self.seeds = member_seeds(seed, self.ensemble_size)
+        with tempfile.TemporaryDirectory() as scratch:
+            root = Path(workdir) if workdir is not None else Path(scratch)
+            jobs = [dict(positions=positions, velocities=velocities,
+                         architecture=self.architecture, recipe=self.recipe,
+                         validation_fraction=self.validation_fraction, seed=member_seed,
+                         directory=root / f"member-{index:02d}")
+                    for index, member_seed in enumerate(self.seeds)]
+            directories = runner(train_member, jobs)
+            self.members = [MemberFlows.load(self.architecture, d / WEIGHTS_FILE, self.device)
+                            for d in directories]
+        return self
+
+    def _require_fitted(self) -> Preprocessor:
+        if self.preprocessor is None or not self.members:
+            raise RuntimeError(f"the {self.kind} upsampler is not fitted: call fit() or load "
+                               "a model")
+        return self.preprocessor
+
+    def log_prob(self, phase_space: np.ndarray) -> np.ndarray:
+        """ln f(r, v) [kpc⁻³ (km/s)⁻³]: the ensemble mean density, −inf outside the sphere."""
+        preprocessor = self._require_fitted()
+        result = np.full(len(phase_space), -np.inf)
+        distance = np.linalg.norm(phase_space[:, :3] - np.asarray(self.sun_position_kpc), axis=1)
+        inside = np.flatnonzero(distance < self.r_max_kpc)
+        for start in range(0, len(inside), LOG_PROB_BATCH):
+            rows = inside[start:start + LOG_PROB_BATCH]
+            s_r, log_det_r = preprocessor.positions_forward(phase_space[rows, :3])
+            s_v, log_det_v = preprocessor.velocities_forward(phase_space[rows, 3:])
+            r = torch.as_tensor(s_r, dtype=torch.float32, device=self.device)
+            v = torch.as_tensor(s_v, dtype=torch.float32, device=self.device)
+            with torch.no_grad():
+                per_member = torch.stack([m.log_prob(r, v) for m in self.members])
+                ensemble = torch.logsumexp(per_member.double(), 0) - math.log(len(self.members))
+            result[rows] = ensemble.cpu().numpy() + log_det_r + log_det_v
+        return result
+
+    def propose(self, count: int, rng: np.random.Generator) -> np.ndarray:
+        """Stars from members chosen uniformly; z is drawn on the CPU for reproducibility."""
+        preprocessor = self._require_fitted()
+        choice = rng.integers(len(self.members), size=count)
+        z = torch.from_numpy(rng.standard_normal((count, 6), dtype=np.float32))
+        s_r = torch.empty(count, 3)
+        s_v = torch.empty(count, 3)
+        with torch.no_grad():
+            for index, member in enumerate(self.members):
+                rows = torch.from_numpy(np.flatnonzero(choice == index))
+                if len(rows):
+                    chunk = z[rows].to(self.device)
+                    r, v = member.transform(chunk[:, :3], chunk[:, 3:])
+                    s_r[rows], s_v[rows] = r.cpu(), v.cpu()
+        positions = preprocessor.positions_inverse(s_r.double().numpy())
+        velocities = preprocessor.velocities_inverse(s_v.double().numpy())
+        return np.concatenate([positions, velocities], axis=1)
+
+    def spec(self) -> dict[str, Any]:
+        preprocessor = self._require_fitted()
+        return {
+            "architecture": asdict(self.architecture),
+            "recipe": asdict(self.recipe),
+            "ensemble_size": self.ensemble_size,
+            "validation_fraction": self.validation_fraction,
+            "max_train_particles": self.max_train_particles,
+            "preprocessor": preprocessor.to_dict(),
+            "window": asdict(self.window),
+            "member_seeds": self.seeds,
+        }
+
+    def save_weights(self, directory: Path) -> None:
+        for index, member in enumerate(self.members):
+            torch.save({k: v.cpu() for k, v in member.state_dict().items()},
+                       directory / f"member-{index:02d}.pt")
+
+    @classmethod
+    def from_saved(cls, spec: dict[str, Any], directory: Path) -> Self:
+        window = spec["window"]
+        model = cls(window["sun_position_kpc"], window["r_max_kpc"],
+                    cls.architecture_type(**spec["architecture"]), Recipe(**spec["recipe"]),
+                    spec["ensemble_size"], spec["validation_fraction"],
+                    spec["max_train_particles"])
+        model.window = SelectionWindow(model.sun_position_kpc, model.r_max_kpc,
+                                       window["max_speed_kms"])
+        model.preprocessor = Preprocessor.from_dict(spec["preprocessor"])
+        model.seeds = list(spec["member_seeds"])
+        model.members = [
+            MemberFlows.load(model.architecture, directory / f"member-{i:02d}.pt", model.device)
+            for i in range(spec["ensemble_size"])
+        ]
+        return model
