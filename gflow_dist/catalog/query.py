@@ -1,0 +1,173 @@
+"""Queries over a written HATS catalog with lsdb on Dask: only overlapping partitions are read.
+
+The typical query is a sky window such as the paper's 15° cone around (α, δ) =
+(167.47°, −4.2°) (§2, Fig. 1), with its proper motions (μ_α*, μ_δ) [mas/yr].
+
+A query opens the catalog with a search filter, so lsdb keeps only the partitions whose
+HEALPix pixel overlaps the region and reads no other file; the rows are then filtered
+exactly (cone: great-circle distance from (ra, dec) [deg]; pixels: ``_healpix_29``
+inside the pixels). Frames come back lazy (Dask, index ``_healpix_29``, one partition
+per HEALPix partition); :func:`export` streams one to Parquet or CSV a partition at a
+time. ``path`` may be the HATS folder or the catalog folder ``DIR/catalog/<name>`` that
+holds it as ``hats/``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dask
+import dask.dataframe as dd
+import lsdb
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from hats.pixel_math import HealpixPixel
+from hats.pixel_math.spatial_index import SPATIAL_INDEX_COLUMN
+from lsdb.core.search.abstract_search import AbstractSearch
+
+from gflow_dist.catalog.hats_writer import UNIT_KEY
+from gflow_dist.catalog.healpix import index_range, pixel_at_order
+from gflow_dist.catalog.observables import COLUMN_UNITS
+from gflow_dist.errors import InputError
+
+EXPORT_SUFFIXES = (".parquet", ".csv")
+
+
+def hats_path(path: str | Path) -> Path:
+    """The HATS folder: ``path`` itself, or ``path/hats`` for a catalog folder."""
+    path = Path(path)
+    for candidate in (path, path / "hats"):
+        if (candidate / "hats.properties").exists():
+            return candidate
+    raise InputError(f"no HATS catalog at {path} (no hats.properties there or in hats/): "
+                     "give DIR/catalog/<name> or its hats/ folder")
+
+
+def _columns(columns: list[str] | None, needed: tuple[str, ...] = ()) -> list[str] | str:
+    if columns is None:
+        return "all"
+    unknown = sorted(set(columns) - set(COLUMN_UNITS))
+    if unknown:
+        raise InputError(f"unknown columns {unknown}; the catalog has {list(COLUMN_UNITS)}")
+    return list(dict.fromkeys([*columns, *needed]))
+
+
+def open_catalog(path: str | Path, columns: list[str] | None = None,
+                 search_filter: AbstractSearch | None = None) -> lsdb.Catalog:
+    """The lazy lsdb catalog; ``columns`` None loads every column."""
+    return lsdb.open_catalog(hats_path(path), columns=_columns(columns),
+                             search_filter=search_filter, error_empty_filter=False)
+
+
+def _select(frame: dd.DataFrame, columns: list[str] | None) -> dd.DataFrame:
+    if columns is None:
+        return frame
+    return frame[[c for c in columns if c != SPATIAL_INDEX_COLUMN]]
+
+
+def cone(path: str | Path, ra_deg: float, dec_deg: float, radius_deg: float,
+         columns: list[str] | None = None) -> dd.DataFrame:
+    """Stars within ``radius_deg`` great-circle distance of (``ra_deg``, ``dec_deg``) [deg]."""
+    if not 0.0 < radius_deg <= 180.0:
+        raise InputError(f"cone radius must be in (0, 180] deg, got {radius_deg}")
+    if not -90.0 <= dec_deg <= 90.0:
+        raise InputError(f"cone dec must be in [-90, 90] deg, got {dec_deg}")
+    search = lsdb.ConeSearch(ra_deg % 360.0, dec_deg, radius_deg * 3600.0)
+    catalog = lsdb.open_catalog(hats_path(path), columns=_columns(columns, ("ra", "dec")),
+                                search_filter=search, error_empty_filter=False)
+    return _select(catalog.to_dask_dataframe(), columns)
+
+
+def _in_pixels(frame: pd.DataFrame, ranges: np.ndarray) -> pd.DataFrame:
+    index = frame.index.to_numpy(np.int64)
+    inside = ((index[:, None] >= ranges[:, 0]) & (index[:, None] < ranges[:, 1])).any(axis=1)
+    return frame[inside]
+
+
+def pixels(path: str | Path, healpix_pixels: list[HealpixPixel],
+           columns: list[str] | None = None) -> dd.DataFrame:
+    """Stars inside any of ``healpix_pixels`` (any orders), by their ``_healpix_29``."""
+    if not healpix_pixels:
+        raise InputError("pixels: give at least one HealpixPixel(order, pixel)")
+    for pixel in healpix_pixels:
+        if not 0 <= pixel.pixel < 12 * 4**pixel.order:
+            raise InputError(f"pixel {pixel.pixel} does not exist at order {pixel.order}")
+    catalog = open_catalog(path, columns, lsdb.PixelSearch(list(healpix_pixels), fine=False))
+    ranges = np.array([index_range(p) for p in healpix_pixels], np.int64)
+    frame = catalog.to_dask_dataframe()
+    return _select(frame.map_partitions(_in_pixels, ranges, meta=frame._meta), columns)
+
+
+def _pixel_counts(frame: pd.DataFrame, order: int) -> pd.Series:
+    return pd.Series(pixel_at_order(frame.index.to_numpy(np.int64), order)).value_counts()
+
+
+def counts_per_pixel(path: str | Path, order: int) -> pd.Series:
+    """Stars per non-empty HEALPix pixel at ``order`` (index ``pixel``, ascending)."""
+    if not 0 <= order <= 29:
+        raise InputError(f"order must be in [0, 29], got {order}")
+    frame = open_catalog(path, ["ra"]).to_dask_dataframe()
+    parts = dask.compute(*[dask.delayed(_pixel_counts)(part, order)
+                           for part in frame.to_delayed()])
+    counts = pd.concat(parts).groupby(level=0).sum().sort_index().astype(np.int64)
+    return counts.rename("count").rename_axis("pixel")
+
+
+def mean_proper_motion_in_cone(path: str | Path, ra_deg: float, dec_deg: float,
+                               radius_deg: float) -> dict[str, float]:
+    """Mean ``pmra`` (μ_α*) and ``pmdec`` [mas/yr] of the stars in a cone, and their number."""
+    frame = cone(path, ra_deg, dec_deg, radius_deg, ["pmra", "pmdec"])
+    n, pmra_sum, pmdec_sum = dask.compute(frame["pmra"].count(), frame["pmra"].sum(),
+                                          frame["pmdec"].sum())
+    n = int(n)
+    if n == 0:
+        return {"n": 0, "pmra": float("nan"), "pmdec": float("nan")}
+    return {"n": n, "pmra": float(pmra_sum) / n, "pmdec": float(pmdec_sum) / n}
+
+
+def _arrow(part: pd.DataFrame) -> pa.Table:
+    table = pa.Table.from_pandas(part.reset_index(), preserve_index=False)
+    fields = [f.with_metadata({UNIT_KEY: COLUMN_UNITS[f.name]}) if f.name in COLUMN_UNITS else f
+              for f in table.schema]
+    return table.cast(pa.schema(fields))
+
+
+def _computed_parts(frame: dd.DataFrame | pd.DataFrame):
+    if isinstance(frame, pd.DataFrame):
+        yield frame
+        return
+    for index in range(frame.npartitions):
+        yield frame.get_partition(index).compute()
+
+
+def export(frame: dd.DataFrame | pd.DataFrame, path: str | Path) -> int:
+    """Write ``frame`` to one Parquet (units in field metadata) or CSV file; returns rows.
+
+    The format follows the suffix. Dask partitions are computed and appended one at a
+    time into a hidden file that is renamed into place once complete.
+    """
+    path = Path(path)
+    if path.suffix not in EXPORT_SUFFIXES:
+        raise InputError(f"export path {path} must end in one of {EXPORT_SUFFIXES}")
+    empty = frame._meta if isinstance(frame, dd.DataFrame) else frame.iloc[:0]
+    partial = path.with_name(f".{path.name}.partial")
+    rows = 0
+    try:
+        if path.suffix == ".csv":
+            empty.reset_index().to_csv(partial, index=False)
+            for part in _computed_parts(frame):
+                part.reset_index().to_csv(partial, mode="a", header=False, index=False)
+                rows += len(part)
+        else:
+            schema = _arrow(empty).schema
+            with pq.ParquetWriter(partial, schema) as writer:
+                for part in _computed_parts(frame):
+                    writer.write_table(_arrow(part).cast(schema))
+                    rows += len(part)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+    return rows

@@ -1,0 +1,327 @@
+"""HEALPix partition plans, the HATS catalog writer and the Zarr store built from it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import hats
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import xarray as xr
+import zarr
+from hats.io.validation import is_valid_catalog
+from hats.pixel_math import HealpixPixel
+from hats.pixel_math.healpix_shim import radec2pix
+from zarr.storage import LocalStore, WrapperStore
+
+from gflow_dist.catalog import healpix
+from gflow_dist.catalog.hats_writer import (
+    catalog_table,
+    read_manifest,
+    sample_batches,
+    write_hats_catalog,
+)
+from gflow_dist.catalog.healpix import (
+    PixelCounter,
+    adaptive_plan,
+    index_range,
+    pixel_at_order,
+    plan_partitions,
+    spatial_index,
+)
+from gflow_dist.catalog.observables import COLUMN_UNITS, SolarFrame
+from gflow_dist.catalog.zarr_writer import read_zarr_pixel, write_zarr_catalog
+from gflow_dist.config import CatalogConfig
+from gflow_dist.errors import InputError
+
+ROOT = Path("/tmp/test-catalog-write")
+FRAME = SolarFrame((-8.0, 0.0, 0.02), (11.1, 232.24, 7.25))
+METADATA = {"config_sha256": "abc123", "seed": "7", "note": 'path C:\\x "quoted"\nline two ☉'}
+N_STARS = 24_000
+
+
+def _sky(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Uniform all-sky points plus a dense clump, (ra, dec) [deg]."""
+    rng = np.random.default_rng(seed)
+    ra = rng.uniform(0, 360, n)
+    dec = np.degrees(np.arcsin(rng.uniform(-1, 1, n)))
+    clump = n // 3
+    ra[:clump] = rng.normal(120.0, 1.5, clump) % 360
+    dec[:clump] = np.clip(rng.normal(-30.0, 1.5, clump), -90, 90)
+    return ra, dec
+
+
+@pytest.fixture(scope="module")
+def stars(mock_galaxy) -> np.ndarray:
+    return mock_galaxy.sample(N_STARS, seed=5)
+
+
+def _source(phase_space: np.ndarray, batch: int = 5_000):
+    def batches():
+        for start in range(0, len(phase_space), batch):
+            yield catalog_table(phase_space[start:start + batch], start, FRAME)
+    return batches
+
+
+@pytest.fixture(scope="module")
+def written(stars) -> Path:
+    directory = ROOT / "adaptive" / "hats"
+    shutil.rmtree(directory.parent, ignore_errors=True)
+    config = CatalogConfig(partition_order=None, highest_order=7, max_rows_per_partition=1500)
+    write_hats_catalog(_source(stars), directory, "cnf", config, METADATA, spill_rows=7_000)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def full_table(stars) -> pa.Table:
+    return catalog_table(stars, 0, FRAME)
+
+
+def test_spatial_index_matches_hats_pixels_at_every_order():
+    ra, dec = _sky(5000, seed=1)
+    index = spatial_index(ra, dec)
+    for order in (0, 3, 8, 12):
+        np.testing.assert_array_equal(pixel_at_order(index, order), radec2pix(order, ra, dec))
+
+
+def _check_tiling(plan, index, highest_order, max_rows):
+    starts = np.array([index_range(p)[0] for p in plan.pixels])
+    ends = np.array([index_range(p)[1] for p in plan.pixels])
+    assert np.all(starts[1:] >= ends[:-1]), "partitions overlap"
+    members = (index[:, None] >= starts) & (index[:, None] < ends)
+    assert np.all(members.sum(axis=1) == 1), "a star is in none or several partitions"
+    np.testing.assert_array_equal(members.sum(axis=0), plan.counts)
+    np.testing.assert_array_equal(plan.assign(index), members.argmax(axis=1))
+    for pixel, count in zip(plan.pixels, plan.counts, strict=True):
+        assert count <= max_rows or pixel.order == highest_order
+
+
+def test_adaptive_plan_tiles_the_sky_with_the_largest_pixels_under_the_threshold():
+    ra, dec = _sky(20_000, seed=2)
+    index = spatial_index(ra, dec)
+    counter = PixelCounter(order=6)
+    for start in range(0, len(index), 3000):
+        counter.add(index[start:start + 3000])
+    plan = adaptive_plan(counter, max_rows=400)
+    _check_tiling(plan, index, highest_order=6, max_rows=400)
+    area = sum(4.0 ** -p.order for p in plan.pixels)
+    assert area == pytest.approx(12.0)  # the uniform stars leave no order-0 pixel empty
+    orders = {p.order for p in plan.pixels}
+    assert min(orders) <= 2 and max(orders) >= 5, orders  # the clump is split finer
+    for pixel in plan.pixels:  # the parent of each partition would be too full
+        if pixel.order > 0:
+            parent = pixel.convert_to_lower_order(1)
+            start, end = index_range(parent)
+            assert np.count_nonzero((index >= start) & (index < end)) > 400
+
+
+def test_adaptive_plan_keeps_overfull_pixels_of_the_highest_order():
+    index = spatial_index(np.full(50, 10.0), np.full(50, 20.0))
+    counter = PixelCounter(order=4)
+    counter.add(index)
+    plan = adaptive_plan(counter, max_rows=10)
+    assert plan.pixels == (HealpixPixel(4, int(pixel_at_order(index[:1], 4)[0])),)
+    assert plan.counts == (50,)
+
+
+def test_fixed_order_plan_and_batched_counts(monkeypatch):
+    monkeypatch.setattr(healpix, "_COMPACT_ENTRIES", 100)  # exercise the merging of counts
+    ra, dec = _sky(12_000, seed=3)
+    index = spatial_index(ra, dec)
+    counter = PixelCounter(order=3)
+    for start in range(0, len(index), 500):
+        counter.add(index[start:start + 500])
+    plan = plan_partitions(counter, partition_order=3, max_rows=1)
+    pixels, counts = np.unique(pixel_at_order(index, 3), return_counts=True)
+    assert plan.pixels == tuple(HealpixPixel(3, int(p)) for p in pixels)
+    assert plan.counts == tuple(counts.tolist())
+    _check_tiling(plan, index, highest_order=3, max_rows=1)
+
+
+def test_assign_rejects_stars_outside_the_plan():
+    counter = PixelCounter(order=2)
+    counter.add(spatial_index(np.array([10.0]), np.array([10.0])))
+    plan = adaptive_plan(counter, max_rows=5)
+    with pytest.raises(InputError, match="outside the partition plan"):
+        plan.assign(spatial_index(np.array([200.0]), np.array([-60.0])))
+
+
+def test_hats_catalog_layout_and_metadata(written, full_table):
+    assert is_valid_catalog(written, strict=True, fail_fast=True, verbose=False)
+    catalog = hats.read_hats(written)
+    manifest = read_manifest(written)
+    assert catalog.catalog_info.total_rows == N_STARS == manifest["rows"]
+    pixels = catalog.get_healpix_pixels()
+    assert sorted(pixels) == sorted(HealpixPixel(o, p) for o, p, _ in manifest["partitions"])
+    assert len(pixels) > 10 and max(c for *_, c in manifest["partitions"]) <= 1500
+    files = sorted(str(p.relative_to(written / "dataset"))
+                   for p in (written / "dataset").rglob("Npix=*.parquet"))
+    assert files == sorted(f"Norder={p.order}/Dir={p.pixel // 10000 * 10000}/Npix={p.pixel}"
+                           ".parquet" for p in pixels)
+    properties = catalog.catalog_info
+    assert (properties.ra_column, properties.dec_column) == ("ra", "dec")
+    assert (properties.healpix_column, properties.healpix_order) == ("_healpix_29", 29)
+    extra = properties.extra_dict()
+    assert {k: extra[f"gflow_{k}"] for k in METADATA} == METADATA
+    schema = pq.read_schema(written / "dataset" / "_common_metadata")
+    assert schema.names == list(COLUMN_UNITS)
+    assert {f.name: f.metadata[b"unit"].decode() for f in schema} == COLUMN_UNITS
+    assert json.loads(schema.metadata[b"gflow_dist"]) == METADATA
+    footer = pq.read_metadata(written / "dataset" / "_metadata")
+    assert footer.num_rows == N_STARS
+    assert sorted({footer.row_group(i).column(0).file_path
+                   for i in range(footer.num_row_groups)}) == files
+    ids = []
+    for pixel in pixels:
+        table = pq.read_table(hats.io.pixel_catalog_file(written, pixel))
+        index = table["_healpix_29"].to_numpy()
+        start, end = index_range(pixel)
+        assert np.all((index >= start) & (index < end))
+        keys = np.lexsort((table["star_id"].to_numpy(), index))
+        np.testing.assert_array_equal(keys, np.arange(len(keys)))
+        ids.append(table["star_id"].to_numpy())
+    ids = np.concatenate(ids)
+    np.testing.assert_array_equal(np.sort(ids), np.arange(N_STARS))
+    expected = full_table.sort_by([("_healpix_29", "ascending"), ("star_id", "ascending")])
+    written_rows = pa.concat_tables(pq.read_table(hats.io.pixel_catalog_file(written, p))
+                                    for p in sorted(pixels, key=lambda p: index_range(p)[0]))
+    assert written_rows.equals(expected.replace_schema_metadata(written_rows.schema.metadata))
+
+
+def test_rerun_is_a_no_op_and_the_output_is_independent_of_batching(written, stars):
+    config = CatalogConfig(partition_order=None, highest_order=7, max_rows_per_partition=1500)
+    before = {p: p.stat().st_mtime_ns for p in written.rglob("*") if p.is_file()}
+    again = write_hats_catalog(_source(stars), written, "cnf", config, METADATA)
+    assert again == read_manifest(written)
+    assert {p: p.stat().st_mtime_ns for p in written.rglob("*") if p.is_file()} == before
+    other = ROOT / "rebatched" / "hats"
+    shutil.rmtree(other.parent, ignore_errors=True)
+    write_hats_catalog(_source(stars, batch=3_333), other, "cnf", config, METADATA,
+                       spill_rows=500)
+    for path in (written / "dataset").rglob("Npix=*.parquet"):
+        assert (other / path.relative_to(written)).read_bytes() == path.read_bytes()
+    assert sorted(p.name for p in other.parent.iterdir()) == ["hats"]
+
+
+def test_changed_stars_replace_the_catalog_and_failures_leave_it_untouched(stars):
+    directory = ROOT / "replace" / "hats"
+    shutil.rmtree(directory.parent, ignore_errors=True)
+    config = CatalogConfig(partition_order=2)
+    first = write_hats_catalog(_source(stars[:4000]), directory, "cnf", config, METADATA)
+    second = write_hats_catalog(_source(stars[:5000]), directory, "cnf", config, METADATA)
+    assert (first["rows"], second["rows"]) == (4000, 5000)
+    assert hats.read_hats(directory).catalog_info.total_rows == 5000
+    calls = []
+
+    def unstable():
+        calls.append(1)
+        yield catalog_table(stars[:3000 + len(calls)], 0, FRAME)
+
+    with pytest.raises(InputError, match="second pass"):
+        write_hats_catalog(unstable, directory, "cnf", config, METADATA)
+    assert read_manifest(directory) == second
+    assert sorted(p.name for p in directory.parent.iterdir()) == ["hats"]
+
+
+def test_bad_batches_are_rejected(stars):
+    table = catalog_table(stars[:100], 0, FRAME)
+    config = CatalogConfig()
+    no_unit = table.cast(pa.schema([f.remove_metadata() if f.name == "pmra" else f
+                                    for f in table.schema]))
+    with pytest.raises(InputError, match="'pmra' has no unit"):
+        write_hats_catalog(lambda: [no_unit], ROOT / "bad" / "hats", "x", config, METADATA)
+    with pytest.raises(InputError, match="no column 'ra'"):
+        write_hats_catalog(lambda: [table.drop_columns(["ra", "_healpix_29"])],
+                           ROOT / "bad" / "hats", "x", config, METADATA)
+    with pytest.raises(InputError, match="empty"):
+        write_hats_catalog(lambda: [], ROOT / "bad" / "hats", "x", config, METADATA)
+    assert not (ROOT / "bad" / "hats").exists()
+
+
+def test_sample_batches_number_stars_in_draw_order(stars, tmp_path):
+    schema = pa.schema([pa.field(c, pa.float64()) for c in ("x", "y", "z", "vx", "vy", "vz")])
+    for part, rows in enumerate((slice(0, 700), slice(700, 1000))):
+        pq.write_table(pa.table(list(stars[rows].T), schema=schema),
+                       tmp_path / f"part-{part:05d}.parquet")
+    tables = list(sample_batches(tmp_path, FRAME, batch_rows=256)())
+    merged = pa.concat_tables(tables)
+    assert merged.equals(catalog_table(stars[:1000], 0, FRAME))
+    with pytest.raises(InputError, match="no sample parts"):
+        sample_batches(tmp_path / "missing", FRAME)
+
+
+class _ChunkLog(WrapperStore):
+    """A store that records every key it reads."""
+
+    def __init__(self, store):
+        super().__init__(store)
+        self.keys: list[str] = []
+
+    async def get(self, key, prototype, byte_range=None):
+        self.keys.append(key)
+        return await self._store.get(key, prototype, byte_range)
+
+
+@pytest.fixture(scope="module")
+def zarr_store(written) -> Path:
+    store = written.parent / "stars.zarr"
+    write_zarr_catalog(written, store, chunk_rows=128)
+    return store
+
+
+def test_zarr_store_holds_the_parquet_stars_aligned_to_partitions(written, zarr_store):
+    dataset = xr.open_zarr(zarr_store)
+    assert {name: dataset[name].attrs["units"] for name in COLUMN_UNITS} == COLUMN_UNITS
+    assert dataset.attrs["gflow_config_sha256"] == "abc123"
+    assert dataset.attrs["gflow_note"] == METADATA["note"]
+    valid = dataset["valid"].values
+    parquet = pq.read_table(written / "dataset").sort_by([("_healpix_29", "ascending"),
+                                                          ("star_id", "ascending")])
+    for name in COLUMN_UNITS:
+        np.testing.assert_array_equal(dataset[name].values[valid], parquet[name].to_numpy())
+    offsets, counts = dataset["offset"].values, dataset["count"].values
+    assert np.all(offsets % 128 == 0) and counts.sum() == N_STARS
+    for offset, count in zip(offsets, counts, strict=True):
+        padded_end = offset + -(-count // 128) * 128
+        assert valid[offset:offset + count].all() and not valid[offset + count:padded_end].any()
+
+
+def test_read_zarr_pixel_reads_only_its_partition_chunks(written, zarr_store, full_table):
+    index = full_table["_healpix_29"].to_numpy()
+    group = zarr.open_group(zarr_store, mode="r")
+    partitions = [HealpixPixel(int(o), int(p))
+                  for o, p in zip(group["pixel_order"][:], group["pixel"][:], strict=True)]
+    big = max(range(len(partitions)), key=lambda k: group["count"][k])
+    target = partitions[big]
+    child = target.convert_to_higher_order(2)[5]
+    parent = target.convert_to_lower_order(target.order)
+    for pixel in (target, child, parent):
+        start, end = index_range(pixel)
+        expected = np.sort(full_table["star_id"].to_numpy()[(index >= start) & (index < end)])
+        frame = read_zarr_pixel(zarr_store, pixel, ["star_id", "pmra"])
+        assert list(frame.columns) == ["star_id", "pmra"]
+        np.testing.assert_array_equal(np.sort(frame["star_id"].to_numpy()), expected)
+    logged = _ChunkLog(LocalStore(zarr_store, read_only=True))
+    frame = read_zarr_pixel(logged, target, ["pmra"])
+    offset, count = int(group["offset"][big]), int(group["count"][big])
+    chunks = {f"pmra/c/{k}" for k in range(offset // 128, -(-(offset + count) // 128))}
+    data_keys = {k for k in logged.keys if "/c/" in k}
+    index_keys = {f"{name}/c/0" for name in ("pixel_order", "pixel", "offset", "count")}
+    hp_chunks = {c.replace("pmra", "_healpix_29") for c in chunks}
+    assert data_keys == chunks | hp_chunks | index_keys
+    assert len(frame) == count
+    assert list(read_zarr_pixel(zarr_store, child).columns) == list(COLUMN_UNITS)
+    with pytest.raises(InputError, match="not star columns"):
+        read_zarr_pixel(zarr_store, target, ["offset"])
+
+
+def test_zarr_rerun_is_a_no_op(written, zarr_store):
+    manifest = read_manifest(zarr_store)
+    mtime = (zarr_store / "zarr.json").stat().st_mtime_ns
+    assert write_zarr_catalog(written, zarr_store, chunk_rows=128) == manifest
+    assert (zarr_store / "zarr.json").stat().st_mtime_ns == mtime
+    assert manifest["rows"] == N_STARS and manifest["padded_rows"] >= N_STARS
