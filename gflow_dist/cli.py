@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from gflow_dist.catalog.commands import add_plot_parser, add_query_parser
 from gflow_dist.config import RunConfig, load_config
 from gflow_dist.errors import GflowError
 
@@ -68,12 +69,15 @@ def build_parser() -> argparse.ArgumentParser:
         ("ingest", "read, select and split the particles"),
         ("train", "fit the configured upsamplers"),
         ("sample", "draw upsampled stars (sample.factor per particle or sample.total)"),
+        ("catalog", "write the HEALPix-partitioned catalogs (HATS Parquet, Zarr) and figures"),
         ("evaluate", "compare the upsamplers: classifier tests, truth scores, report"),
-        ("all", "the main job: ingest, train, sample and evaluate"),
+        ("all", "the main job: ingest, train, sample, catalog and evaluate"),
     ):
         command = commands.add_parser("run" if stage == "all" else stage, help=text)
         _job_arguments(command)
         command.set_defaults(handler=_job(stage))
+    add_query_parser(commands)
+    add_plot_parser(commands)
     return parser
 
 
@@ -82,8 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s: %(message)s")
     try:
-        config = load_config(args.config, args.overrides)
-        args.handler(args, config)
+        if hasattr(args, "overrides"):  # commands that run from a config
+            args.handler(args, load_config(args.config, args.overrides))
+        else:  # commands over written outputs
+            args.handler(args)
     except GflowError as error:
         print(f"gflow: error: {error}", file=sys.stderr)
         return 2

@@ -157,8 +157,9 @@ class MAFConfig(_Frozen):
 class CatalogConfig(_Frozen):
     """The HEALPix-partitioned catalogs written from each upsampler's stars."""
 
-    formats: tuple[Literal["hats", "zarr"], ...] = Field(
-        ("hats", "zarr"), description="HATS Parquet (lsdb, Dask) and/or Zarr v3 (xarray)"
+    zarr: StrictBool = Field(
+        True, description="also write a Zarr v3 store (xarray) next to the HATS Parquet "
+        "catalog (lsdb, Dask), which is always written: the store is built from it"
     )
     partition_order: StrictInt | None = Field(
         None, ge=0, le=19, description="fixed HEALPix order of the partitions; null splits "
@@ -167,6 +168,10 @@ class CatalogConfig(_Frozen):
     highest_order: StrictInt = Field(10, ge=0, le=19)
     max_rows_per_partition: StrictInt = Field(
         1_000_000, gt=0, description="adaptive partitions split until they hold at most this"
+    )
+    figure_window_deg: Vector3 = Field(
+        (167.47, -4.2, 15.0), description="(ra, dec, radius) [deg] of the sky window the "
+        "figures show; the paper's Figs. 1, 3–5 window by default"
     )
 
 

@@ -66,6 +66,10 @@ METADATA_KEY = b"gflow_dist"
 UNIT_KEY = b"unit"
 
 
+PARTITIONING_KEYS = {"partition_order", "highest_order", "max_rows_per_partition"}
+"""The ``catalog`` config keys that decide the partitions, hence the written files."""
+
+
 def catalog_schema() -> pa.Schema:
     """The catalog columns in order, with their units in the field metadata."""
     types = {"star_id": pa.uint64(), SPATIAL_INDEX_COLUMN: pa.int64()}
@@ -336,7 +340,7 @@ def write_hats_catalog(batches: BatchSource, directory: str | Path, catalog_name
     if first.rows == 0:
         raise InputError("no stars to write: the batches are empty")
     request = {"content_sha256": first.sha256, "rows": first.rows, "catalog_name": catalog_name,
-               "partitioning": config.model_dump(mode="json", exclude={"formats"}),
+               "partitioning": config.model_dump(mode="json", include=PARTITIONING_KEYS),
                "metadata_sha256": hashlib.sha256(
                    json.dumps(metadata, sort_keys=True).encode()).hexdigest()}
     existing = read_manifest(directory)

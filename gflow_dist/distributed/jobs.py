@@ -6,6 +6,9 @@ Output layout under ``out``:
 - ``models/<name>/``: a saved upsampler (``spec.json`` + weights) and ``training/``
   (per-member checkpoints and loss curves);
 - ``samples/<name>/``: the upsampled stars as Parquet parts with a manifest;
+- ``catalog/<name>/hats/`` (HATS Parquet: lsdb, Dask) and ``catalog/<name>/stars.zarr``
+  (xarray): the stars with their observables, partitioned by HEALPix;
+- ``figures/<name>/``: the paper's figures from each catalog;
 - ``report.json``, ``report.md`` and figures: the evaluation (classifier tests, truth
   scores) of the upsamplers;
 - ``run.json``: the resolved config, versions, seeds and frame.
@@ -23,6 +26,10 @@ import shutil
 from pathlib import Path
 
 from gflow_dist import upsamplers
+from gflow_dist.catalog.hats_writer import sample_batches, write_hats_catalog
+from gflow_dist.catalog.observables import SolarFrame
+from gflow_dist.catalog.plots import SkyWindow, make_figures
+from gflow_dist.catalog.zarr_writer import write_zarr_catalog
 from gflow_dist.config import RunConfig
 from gflow_dist.data.ingest import (
     PARTICLES_DIR,
@@ -132,6 +139,34 @@ def write_run_record(config: RunConfig, out: Path) -> None:
     (out / "run.json").write_text(json.dumps(run_metadata(config), indent=2))
 
 
+def catalog_dir(out: Path, name: str) -> Path:
+    """Where upsampler ``name``'s catalog lives: ``hats/`` and ``stars.zarr`` inside."""
+    return out / "catalog" / name
+
+
+def run_catalog(config: RunConfig, out: Path) -> None:
+    """Turn each upsampler's stars into HEALPix-partitioned catalogs, and plot them."""
+    run_sample(config, out)
+    frame = SolarFrame.from_config(config)
+    train, _ = read_ingested(out)
+    ra, dec, radius = config.catalog.figure_window_deg
+    for name in config.upsamplers:
+        folder = catalog_dir(out, name)
+        metadata = (run_metadata(config) | frame.to_metadata()
+                    | {"upsampler": name, "model_sha256": model_hash(out / "models" / name)})
+        manifest = write_hats_catalog(sample_batches(out / "samples" / name, frame),
+                                      folder / "hats", name, config.catalog, metadata)
+        _echo(f"{name}: HATS catalog of {manifest['rows']:,} stars in "
+              f"{len(manifest['partitions'])} HEALPix partitions -> {folder / 'hats'}")
+        if config.catalog.zarr:
+            write_zarr_catalog(folder / "hats", folder / "stars.zarr")
+            _echo(f"{name}: Zarr store -> {folder / 'stars.zarr'}")
+        figures = make_figures(folder / "hats", out / "figures" / name,
+                               window=SkyWindow(ra, dec, radius), particles=train.phase_space,
+                               frame=frame, title=name)
+        _echo(f"{name}: {len(figures)} figures -> {out / 'figures' / name}")
+
+
 def run_evaluate(config: RunConfig, out: Path) -> None:
     """Compare the configured upsamplers with the classifier tests; write the report."""
     if len(config.upsamplers) < 2:
@@ -144,9 +179,9 @@ def run_evaluate(config: RunConfig, out: Path) -> None:
 
 
 def run_all(config: RunConfig, out: Path) -> None:
-    """The main job: ingest → train → sample → evaluate."""
+    """The main job: ingest → train → sample → catalog → evaluate."""
     write_run_record(config, out)
     run_ingest(config, out)
-    run_sample(config, out)
+    run_catalog(config, out)
     if config.evaluate.enabled:
         run_evaluate(config, out)
