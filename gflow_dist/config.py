@@ -183,6 +183,10 @@ class EvaluateConfig(_Frozen):
         200.0, description="K: each upsampler draws K × N_train stars for the classifier "
         "(paper: 200)"
     )
+    max_test_particles: StrictInt | None = Field(
+        None, gt=1, description="score on a seeded random subset of this many test particles "
+        "(demo budgets); null uses them all, as the paper does"
+    )
     hidden_units: tuple[StrictInt, ...] = Field(
         (2048, 1024, 128, 128), description="the classifier MLP's hidden layers (paper §5.3)"
     )

@@ -92,6 +92,10 @@ def evaluate(config: RunConfig, models: Mapping[str, Upsampler], train: Particle
     """Run every configured test on ``models`` and write the report under ``out``."""
     settings = ClassifierSettings.from_config(config.evaluate)
     workdir = out / "evaluation"
+    limit = config.evaluate.max_test_particles
+    if limit is not None and len(test) > limit:
+        rng = np.random.default_rng(evaluation_seed(config.seed, 2000))
+        test = test.subset(np.sort(rng.choice(len(test), limit, replace=False)))
     n_samples = max(2, round(config.evaluate.samples_per_particle * len(train)))
     _echo(f"evaluate: drawing {n_samples:,} stars per upsampler "
           f"({config.evaluate.samples_per_particle:g} per train particle)")
