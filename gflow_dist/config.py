@@ -116,7 +116,8 @@ class EnbidConfig(_Frozen):
         False, description="draw parents in proportion to mass (false: uniformly, as the paper)"
     )
     truncation_sigma: PositiveFloat = Field(
-        6.0, description="log_prob sums only kernels within this many σ per axis"
+        6.0, description="kernels are Gaussians truncated to χ² ≤ truncation_sigma² "
+        "(Mahalanobis radius) and renormalised; sampling and log_prob agree"
     )
 
 

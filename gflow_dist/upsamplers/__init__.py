@@ -12,10 +12,13 @@ from gflow_dist.upsamplers.base import SPEC_FILE, Upsampler
 
 def _registry() -> dict[str, type[Upsampler]]:
     from gflow_dist.baselines.ananke import AnankeUpsampler
+    from gflow_dist.baselines.enbid import EnbidUpsampler
+    from gflow_dist.baselines.kde_mle import KdeMleUpsampler
     from gflow_dist.flows.maf import MAFUpsampler
     from gflow_dist.flows.upsampler import CNFUpsampler
 
-    return {cls.kind: cls for cls in (CNFUpsampler, MAFUpsampler, AnankeUpsampler)}
+    kinds = (CNFUpsampler, MAFUpsampler, EnbidUpsampler, AnankeUpsampler, KdeMleUpsampler)
+    return {cls.kind: cls for cls in kinds}
 
 
 def create(name: str, config: RunConfig) -> Upsampler:
