@@ -52,6 +52,7 @@ def test_golden_section_finds_the_maximum():
 def test_fitted_alpha_is_a_held_out_optimum(fitted, gaussian_particles):
     assert fitted.alpha.shape == (2,)
     assert fitted.heldout_log_likelihood > fitted.heldout_log_likelihood_unscaled
+    assert f"{fitted.alpha[1]:.3f}" in fitted.fit_summary()
     fit_part, holdout = split_holdout(gaussian_particles, 0.2, seed=4)
     base, _ = leaf_kernels(fit_part, 1 / 12, False, 6.0)
 

@@ -172,6 +172,13 @@ class KdeMleUpsampler(KernelUpsampler):
         self._set_kernels(base.scaled(axis_factors(self.alpha)), seed)
         return self
 
+    def fit_summary(self) -> str:
+        factors = ", ".join(f"{a:.3f}" for a in self.alpha)
+        names = "(position, velocity)" if len(self.alpha) == 2 else "(global)"
+        return (f"bandwidth factors α {names} = {factors}; held-out mean log-likelihood "
+                f"{self.heldout_log_likelihood:.4f} nats (α = 1: "
+                f"{self.heldout_log_likelihood_unscaled:.4f})")
+
     def spec(self) -> dict[str, Any]:
         return {**super().spec(), "per_space": self.per_space,
                 "holdout_fraction": self.holdout_fraction,

@@ -103,6 +103,8 @@ def train_one(config: RunConfig, name: str, out: Path) -> Upsampler:
     _echo(f"{name}: training on {len(train):,} particles")
     model.fit(train, config.seed, workdir=directory / TRAINING_DIR, runner=runner)
     model.save(directory, metadata=run_metadata(config))
+    if model.fit_summary():
+        _echo(f"{name}: {model.fit_summary()}")
     _echo(f"{name}: saved -> {directory}")
     return model
 

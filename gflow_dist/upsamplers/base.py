@@ -85,6 +85,10 @@ class Upsampler(ABC):
         """
         raise TypeError(f"upsampler {self.kind!r} has no density")
 
+    def fit_summary(self) -> str | None:
+        """One line on what fitting found (fitted bandwidths, scores), or None."""
+        return None
+
     @abstractmethod
     def spec(self) -> dict[str, Any]:
         """JSON-safe parameters that, with the weights, rebuild the model."""
