@@ -51,7 +51,7 @@ def test_every_shipped_config_loads_and_states_the_fixed_keys(path):
                          ("galaxy", "r_max_kpc")]:
         assert key in tree[section], f"{path.name} must state {section}.{key}"
     assert "upsamplers" in tree and "seed" in tree
-    assert config.upsamplers == ("cnf",)
+    assert config.upsamplers[0] == "cnf" and "enbid" in config.upsamplers
     assert config.galaxy.r_max_kpc == 3.5
     text = path.read_text()
     assert text.startswith("#"), "each config starts with a header comment"
@@ -92,7 +92,7 @@ def test_paper_galaxies_have_the_paper_values(name):
     assert config.galaxy.source == paper["source"]
     assert config.galaxy.sun_position_kpc == paper["sun"]
     assert config.galaxy.r_max_kpc == 3.5
-    assert config.upsamplers == ("cnf",)
+    assert config.upsamplers == ("cnf", "enbid", "maf")  # Appendix A2
     assert config.seed == 0
     # The paper's budget (§3.3): 10 members, patience 50, 500 stars per train particle.
     assert config.cnf.ensemble_size == 10

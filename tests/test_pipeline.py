@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import json
 
+import dask.dataframe as dd
+import lsdb
 import numpy as np
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+import xarray as xr
 
 from gflow_dist.cli import main
 from gflow_dist.data.ingest import read_ingested
@@ -15,6 +19,9 @@ SMALL_RUN = [
     "--set", "galaxy.mock.n_particles=1500", "--set", "cnf.ensemble_size=2",
     "--set", "cnf.max_epochs=2", "--set", "cnf.patience=1", "--set", "cnf.compile=false",
     "--set", "cnf.solver_steps=4", "--set", "sample.total=5000", "--set", "sample.batch_size=2048",
+    "--set", "evaluate.samples_per_particle=4", "--set", "evaluate.hidden_units=[64, 32]",
+    "--set", "evaluate.batches_per_epoch=5", "--set", "evaluate.max_epochs=2",
+    "--set", "evaluate.patience=1", "--set", "catalog.max_rows_per_partition=1000",
 ]
 
 
@@ -49,6 +56,54 @@ def test_run_writes_particles_models_and_samples(finished_run):
     stars = np.column_stack([table.column(c).to_numpy() for c in table.column_names])
     assert (np.linalg.norm(stars[:, :3] - [-8.0, 0.0, 0.02], axis=1) < 3.5).all()
     assert not any(p.name.startswith(".") for p in (out / "samples").iterdir())
+
+
+@pytest.mark.ray
+def test_run_writes_catalogs_that_lsdb_dask_and_xarray_open(finished_run):
+    for name in ("cnf", "enbid"):
+        folder = finished_run / "catalog" / name
+        catalog = lsdb.open_catalog(folder / "hats")
+        assert catalog.hc_structure.catalog_info.total_rows == 5000
+        assert len(catalog.get_healpix_pixels()) > 1  # 1,000 rows at most per partition
+        frame = dd.read_parquet(folder / "hats" / "dataset").compute()
+        assert sorted(frame["star_id"]) == list(range(5000))
+        store = xr.open_zarr(folder / "stars.zarr")
+        assert int(store["valid"].sum()) == 5000
+        assert store["pmra"].attrs["units"] == "mas / yr"
+        figures = {p.name for p in (finished_run / "figures" / name).glob("*.png")}
+        assert {"proper_motion.png", "corner_icrs.png", "velocity_xy.png",
+                "sky_counts.png"} <= figures
+
+
+@pytest.mark.ray
+def test_run_evaluates_cnf_against_enbid(finished_run):
+    report = json.loads((finished_run / "report.json").read_text())
+    assert report["upsamplers"] == ["cnf", "enbid"]
+    assert set(report["log_posterior"]) == {"cnf", "enbid"}
+    assert "cnf - enbid" in report["differences"]
+    assert set(report["truth"]["kl_nats"]) == {"cnf", "enbid"}
+    assert (finished_run / "report.md").read_text().startswith("# Upsampler evaluation")
+
+
+@pytest.mark.ray
+def test_query_and_plot_commands(finished_run, tmp_path, capsys):
+    catalog = str(finished_run / "catalog" / "cnf")
+    export = tmp_path / "cone.csv"
+    assert main(["query", catalog, "cone", "--ra", "130", "--dec", "-45", "--radius", "30",
+                 "--columns", "ra", "dec", "pmra", "--export", str(export)]) == 0
+    assert f"-> {export}" in capsys.readouterr().out
+    assert export.read_text().splitlines()[0].split(",")[1:] == ["ra", "dec", "pmra"]
+    counts = tmp_path / "counts.csv"
+    assert main(["query", catalog, "counts", "--order", "1", "--export", str(counts)]) == 0
+    assert pd.read_csv(counts)["count"].sum() == 5000
+    assert f"-> {counts}" in capsys.readouterr().out
+    assert main(["query", catalog, "mean-pm", "--ra", "130", "--dec", "-45",
+                 "--radius", "30"]) == 0
+    assert json.loads(capsys.readouterr().out)["n"] > 0
+    assert main(["plot", catalog, "--out", str(tmp_path / "figures")]) == 0
+    assert len(list((tmp_path / "figures").glob("*.png"))) == 4
+    assert main(["query", str(tmp_path), "counts", "--order", "0"]) == 2
+    assert "no HATS catalog" in capsys.readouterr().err
 
 
 @pytest.mark.ray
