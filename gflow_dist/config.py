@@ -213,6 +213,10 @@ class SampleConfig(_Frozen):
     factor: PositiveFloat | None = Field(500.0, description="stars per particle (paper: 500)")
     total: StrictInt | None = Field(None, gt=0, description="total stars; overrides factor")
     batch_size: StrictInt = Field(65_536, gt=0, description="stars per streamed batch")
+    shard_size: StrictInt = Field(
+        1_000_000, gt=0, description="stars per shard of the distributed draw; each shard "
+        "has its own seed, so any one can be regenerated alone"
+    )
 
     @model_validator(mode="after")
     def _one_count(self) -> SampleConfig:
@@ -227,6 +231,20 @@ class RayConfig(_Frozen):
     address: str | None = None
     num_cpus_per_member: PositiveFloat = 1.0
     num_gpus_per_member: float = Field(0.0, ge=0.0, description="0 on CPU-only clusters")
+    checkpoint_uri: str | None = Field(
+        None, description="where members checkpoint (a path or a pyarrow/fsspec URI every "
+        "node can reach); null uses DIR/models/<name>/training"
+    )
+    num_cpus_per_sampler: PositiveFloat = Field(1.0, description="per sampling worker")
+    num_gpus_per_sampler: float = Field(0.0, ge=0.0, description="0 on CPU-only clusters")
+    max_samplers: StrictInt | None = Field(
+        None, ge=1, description="concurrent sampling workers; null sizes the pool from the "
+        "cluster's resources"
+    )
+    num_gpus_per_classifier: float = Field(0.0, ge=0.0, description="the classifier's actor")
+    evaluation_shards: StrictInt = Field(
+        8, ge=1, description="test-particle shards scored in parallel; partial sums merge"
+    )
 
 
 class RunConfig(_Frozen):
