@@ -45,10 +45,12 @@ from gflow_dist.upsamplers.base import MemberRunner, run_members_here
 
 LOG_ALPHA_BOUNDS = (math.log(1 / 8), math.log(8))
 """Search interval of ln α."""
-LOG_ALPHA_TOLERANCE = 0.005
+LOG_ALPHA_TOLERANCE = 0.01
 """The golden-section search stops when the bracket of ln α is narrower than this."""
 ROUNDS = 3
 """Alternating passes over the position and velocity factors (``per_space``)."""
+REFINE_HALF_WIDTH = 0.5
+"""Passes after the first search ln α within this distance of the previous optimum."""
 SEARCH_WINDOW_DRAWS = 64
 """Draws per window-straddling kernel for P_W(α) inside the search."""
 _GOLDEN = (math.sqrt(5) - 1) / 2
@@ -101,10 +103,14 @@ def fit_alpha(kernels: GaussianKernels, holdout: np.ndarray, window: SelectionWi
         return score
 
     low, high = LOG_ALPHA_BOUNDS
-    for _ in range(ROUNDS if per_space else 1):
+    for round_index in range(ROUNDS if per_space else 1):
         previous = log_alpha.copy()
         for axis in range(len(log_alpha)):
-            log_alpha[axis] = golden_section_max(score_at(axis), low, high, LOG_ALPHA_TOLERANCE)
+            a, b = low, high
+            if round_index > 0:
+                a = max(low, log_alpha[axis] - REFINE_HALF_WIDTH)
+                b = min(high, log_alpha[axis] + REFINE_HALF_WIDTH)
+            log_alpha[axis] = golden_section_max(score_at(axis), a, b, LOG_ALPHA_TOLERANCE)
         if np.abs(log_alpha - previous).max() < LOG_ALPHA_TOLERANCE:
             break
     alpha = np.exp(log_alpha)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+
+from gflow_dist.errors import GflowError
 
 logger = logging.getLogger(__name__)
 
@@ -15,8 +18,11 @@ def ray_session(address: str | None = None) -> Iterator[None]:
     """Use the running Ray session, or connect to ``address``, or start a local one.
 
     ``address`` None falls back to ``RAY_ADDRESS`` and then to a new local cluster.
-    A session this function started is shut down on exit.
+    A session this function started is shut down on exit. Ray's log deduplication is
+    turned off (unless ``RAY_DEDUP_LOGS`` is set) before Ray is first imported, because it
+    would swallow the progress lines of all but one ensemble member.
     """
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     import ray
 
     if ray.is_initialized():
@@ -32,21 +38,46 @@ def ray_session(address: str | None = None) -> Iterator[None]:
         ray.shutdown()
 
 
-def check_resources(num_cpus: float, num_gpus: float) -> None:
-    """Fail fast when no node could ever hold a task of this size.
+def actors_per_cluster(nodes: Sequence[Mapping[str, float]], num_cpus: float,
+                       num_gpus: float) -> int:
+    """How many workers of ``num_cpus`` CPUs and ``num_gpus`` GPUs the nodes hold at once.
 
-    A task that asks for a GPU on a CPU-only cluster would otherwise stay pending forever.
+    Counted node by node (a worker lives on one node), each node holding the fewer of its
+    CPU and GPU share: 16 CPUs and 1 GPU hold 4 workers of (1 CPU, 0.25 GPU).
     """
+    total = 0
+    for resources in nodes:
+        fits = math.floor(resources.get("CPU", 0.0) / num_cpus + 1e-9)
+        if num_gpus > 0:
+            fits = min(fits, math.floor(resources.get("GPU", 0.0) / num_gpus + 1e-9))
+        total += fits
+    return total
+
+
+def node_resources() -> list[dict[str, float]]:
+    """The total resources of every live node of the connected cluster."""
     import ray
 
-    available = ray.cluster_resources()
-    if num_gpus > available.get("GPU", 0.0):
-        raise RuntimeError(
-            f"ray.num_gpus_per_member={num_gpus} but the cluster has "
-            f"{available.get('GPU', 0.0)} GPUs; set it to 0 on CPU-only clusters"
-        )
-    if num_cpus > available.get("CPU", 0.0):
-        raise RuntimeError(
-            f"ray.num_cpus_per_member={num_cpus} but the cluster has "
-            f"{available.get('CPU', 0.0)} CPUs"
-        )
+    return [node["Resources"] for node in ray.nodes() if node["Alive"]]
+
+
+def check_resources(num_cpus: float, num_gpus: float, role: str = "member") -> None:
+    """Fail fast when no node could ever hold a worker of this size.
+
+    A worker that asks for a GPU on a CPU-only cluster would otherwise stay pending
+    forever. ``role`` names the config keys in the message: ``ray.num_cpus_per_<role>``
+    and ``ray.num_gpus_per_<role>``.
+    """
+    nodes = node_resources()
+    if actors_per_cluster(nodes, num_cpus, num_gpus) > 0:
+        return
+    most_gpus = max((node.get("GPU", 0.0) for node in nodes), default=0.0)
+    most_cpus = max((node.get("CPU", 0.0) for node in nodes), default=0.0)
+    if num_gpus > most_gpus:
+        fix = ("set it to 0 on CPU-only clusters" if most_gpus == 0
+               else f"set it to at most {most_gpus:g}")
+        raise GflowError(f"ray.num_gpus_per_{role}={num_gpus:g} but no node of the cluster has "
+                         f"more than {most_gpus:g} GPUs; {fix}")
+    raise GflowError(f"ray.num_cpus_per_{role}={num_cpus:g} (with ray.num_gpus_per_{role}="
+                     f"{num_gpus:g}) fits on no node: the largest has {most_cpus:g} CPUs; "
+                     f"lower ray.num_cpus_per_{role}")

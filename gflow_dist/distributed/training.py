@@ -1,44 +1,174 @@
-"""Train ensemble members as Ray tasks, in parallel, each resuming from its checkpoint.
+"""Train ensemble members in a pool of Ray actors, each member resuming from its checkpoint.
 
-Every member is one task running :func:`gflow_dist.flows.member.train_member` unchanged.
-Its directory must be on storage every node sees (a local path on one machine, a shared
-file system on a cluster); a task whose worker dies is retried and resumes from the
-member's last epoch checkpoint. Ray queues tasks beyond the cluster's capacity, so the
-number of members never exceeds what the cluster can hold at once.
+A pool rather than one actor per member: the pool is sized to what the cluster holds at
+once (node by node, the fewer of its CPU and GPU share), so no actor ever waits pending,
+and each actor pays its process start and torch import once for all the members it takes
+from the queue. Small MLP flows share a GPU well, so ``num_gpus`` may be a fraction (0.25).
+
+Each member runs :func:`gflow_dist.flows.member.train_member` unchanged. Its directory is
+the one the ensemble passes: on storage the driver and every node see (a local path on
+one machine, a shared file system on a cluster). With a checkpoint URI instead, a member
+trains in the actor's local scratch, its files are uploaded to ``<uri>/<member dir>/``
+every :data:`~gflow_dist.distributed.checkpoints.SYNC_SECONDS` and when it ends, and the
+driver copies the finished member into its directory. An actor that dies is restarted and
+its member retried (``MAX_RESTARTS``); the member resumes from its last checkpoint, in its
+directory or at the URI. Every attempt is recorded in the member's ``attempts.json``.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import tempfile
+import time
+import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from gflow_dist.distributed.cluster import check_resources
+import numpy as np
+import torch
+
+from gflow_dist.distributed.checkpoints import CheckpointStore
+from gflow_dist.distributed.cluster import actors_per_cluster, check_resources, node_resources
+from gflow_dist.flows.member import WEIGHTS_FILE
 from gflow_dist.upsamplers.base import MemberRunner
 
-MAX_RETRIES = 3
-"""Retries of a member whose worker died; each resumes from its checkpoint."""
+MAX_RESTARTS = 3
+"""Restarts of a pool actor that died, and retries of the member it was training."""
+
+TRAINER_NAME = "gflow-member-trainer"
+"""Prefix of the pool actors' names (``<prefix>-<run>-<k>``), as ``ray list actors`` shows."""
+
+ATTEMPTS_FILE = "attempts.json"
+"""Per member: one entry per attempt (pid, node, start and end [unix s], checkpoints found)."""
+
+SHARED_ARGUMENTS = ("positions", "velocities")
+"""Job arguments put in Ray's object store once and shared by every member."""
 
 
-def ray_member_runner(num_cpus: float = 1.0, num_gpus: float = 0.0) -> MemberRunner:
-    """A runner that trains every member as a Ray task with these resources."""
+class MemberTrainer:
+    """A pool actor: trains the members it is handed, one at a time.
 
-    def run(function: Callable[..., Path], jobs: Sequence[dict[str, Any]]) -> list[Path]:
+    Args:
+        function: :func:`~gflow_dist.flows.member.train_member`, or a function with its
+            ``directory`` and ``label`` arguments.
+        num_cpus: the actor's CPUs; torch uses as many threads.
+        checkpoint_uri: where members checkpoint, or None to train in their directories.
+    """
+
+    def __init__(self, function: Callable[..., Path], num_cpus: float,
+                 checkpoint_uri: str | None) -> None:
+        torch.set_num_threads(max(1, int(num_cpus)))
+        self.function = function
+        self.store = CheckpointStore(checkpoint_uri) if checkpoint_uri else None
+
+    def train(self, index: int, shared: dict[str, np.ndarray], job: dict[str, Any]) -> int:
+        """Train member ``index`` (arguments ``shared | job``); returns ``index``."""
         import ray
 
-        check_resources(num_cpus, num_gpus)
-        remote = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus,
-                            max_retries=MAX_RETRIES, retry_exceptions=False)(function)
-        shared = {}
-        for key in ("positions", "velocities"):
-            shared[key] = ray.put(jobs[0][key]) if jobs else None
-        futures = []
-        for job in jobs:
-            arguments = dict(job)
-            for key, reference in shared.items():
-                if arguments[key] is jobs[0][key]:
-                    arguments[key] = reference
-            futures.append(remote.remote(**arguments))
-        return [Path(directory) for directory in ray.get(futures)]
+        arguments = job | {name: ray.get(ref) for name, ref in shared.items()}
+        directory = Path(arguments["directory"])
+        label = f"member {index:02d} seed {arguments['seed']}"
+        if self.store is None:
+            self._attempt(arguments, directory, label)
+            return index
+        with tempfile.TemporaryDirectory(prefix="gflow-member-") as scratch:
+            local = Path(scratch) / directory.name
+            self.store.download(directory.name, local)
+            with self.store.syncing(local):
+                self._attempt(arguments, local, label)
+        return index
+
+    def _attempt(self, arguments: dict[str, Any], directory: Path, label: str) -> None:
+        import ray
+
+        directory.mkdir(parents=True, exist_ok=True)
+        record = directory / ATTEMPTS_FILE
+        attempts = json.loads(record.read_text()) if record.exists() else []
+        attempts.append({
+            "pid": os.getpid(), "node": ray.get_runtime_context().get_node_id(),
+            "started": time.time(), "finished": None,
+            "checkpoints": sorted(p.name for p in directory.glob("*.ckpt")),
+        })
+        record.write_text(json.dumps(attempts, indent=1))
+        self.function(**arguments | {"directory": directory, "label": label})
+        attempts[-1]["finished"] = time.time()
+        record.write_text(json.dumps(attempts, indent=1))
+
+
+def pool_size(nodes: Sequence[dict[str, float]], num_cpus: float, num_gpus: float,
+              members: int, max_concurrent: int | None = None) -> int:
+    """Actors to start: as many as the nodes hold at once, at most one per member and at
+    most ``max_concurrent``; at least 1."""
+    size = min(members, actors_per_cluster(nodes, num_cpus, num_gpus))
+    return max(1, min(size, max_concurrent) if max_concurrent else size)
+
+
+def ray_member_runner(num_cpus: float = 1.0, num_gpus: float = 0.0,
+                      checkpoint_uri: str | None = None,
+                      max_concurrent: int | None = None) -> MemberRunner:
+    """A runner that trains the members in a pool of Ray actors.
+
+    Args:
+        num_cpus: CPUs per actor (``ray.num_cpus_per_member``).
+        num_gpus: GPUs per actor, fractions allowed (``ray.num_gpus_per_member``).
+        checkpoint_uri: pyarrow file system URI or absolute path that checkpoints go to
+            (``ray.checkpoint_uri``); None keeps them in the member directories.
+        max_concurrent: cap on the pool size; None sizes it from the cluster alone.
+
+    Members whose directory already holds their weights are not trained again. The
+    returned directories are the jobs' ``directory`` arguments, in order.
+    """
+
+    def run(function: Callable[..., Path], jobs: Sequence[dict[str, Any]]) -> list[Path]:
+        directories = [Path(job["directory"]) for job in jobs]
+        todo = [i for i, d in enumerate(directories) if not (d / WEIGHTS_FILE).exists()]
+        if todo:
+            check_resources(num_cpus, num_gpus)
+            store = CheckpointStore(checkpoint_uri) if checkpoint_uri else None
+            _train_in_pool(function, jobs, todo, store, num_cpus, num_gpus, max_concurrent)
+        return directories
 
     return run
+
+
+def _train_in_pool(function: Callable[..., Path], jobs: Sequence[dict[str, Any]],
+                   todo: list[int], store: CheckpointStore | None, num_cpus: float,
+                   num_gpus: float, max_concurrent: int | None) -> None:
+    import ray
+    from ray.util import ActorPool
+
+    stored: dict[int, ray.ObjectRef] = {}  # one object per distinct array, by identity
+    shared, rest = [], []
+    for index in todo:
+        for name in SHARED_ARGUMENTS:
+            array = jobs[index][name]
+            if id(array) not in stored:
+                stored[id(array)] = ray.put(array)
+        shared.append({name: stored[id(jobs[index][name])] for name in SHARED_ARGUMENTS})
+        rest.append({k: v for k, v in jobs[index].items() if k not in SHARED_ARGUMENTS})
+    size = pool_size(node_resources(), num_cpus, num_gpus, len(todo), max_concurrent)
+    run_id = uuid.uuid4().hex[:8]
+    actor_class = ray.remote(MemberTrainer)
+    actors = [actor_class.options(num_cpus=num_cpus, num_gpus=num_gpus, name=f"{TRAINER_NAME}-"
+                                  f"{run_id}-{k}", max_restarts=MAX_RESTARTS,
+                                  max_task_retries=MAX_RESTARTS)
+              .remote(function, num_cpus, store.uri if store else None) for k in range(size)]
+    print(f"training {len(todo)} members in {size} Ray actors "
+          f"({num_cpus:g} CPUs, {num_gpus:g} GPUs each)", flush=True)
+    try:
+        pool = ActorPool(actors)
+        position = {index: k for k, index in enumerate(todo)}
+        finished = pool.map_unordered(
+            lambda actor, index: actor.train.remote(index, shared[position[index]],
+                                                    rest[position[index]]), todo)
+        for count, index in enumerate(finished, start=1):
+            directory = Path(jobs[index]["directory"])
+            if store is not None:
+                store.download(directory.name, directory)
+            print(f"member {index:02d}: trained ({count}/{len(todo)}) -> {directory}",
+                  flush=True)
+    finally:
+        for actor in actors:
+            ray.kill(actor)

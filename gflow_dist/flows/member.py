@@ -101,7 +101,8 @@ def _negative_log_likelihood(flow: nn.Module, data: Tensor,
 
 def train_member(positions: np.ndarray, velocities: np.ndarray, architecture: FlowArchitecture,
                  recipe: Recipe, validation_fraction: float, seed: int,
-                 directory: str | Path, device: str | None = None) -> Path:
+                 directory: str | Path, device: str | None = None,
+                 label: str | None = None) -> Path:
     """Train one member on preprocessed train rows and write it to ``directory``.
 
     Args:
@@ -113,6 +114,7 @@ def train_member(positions: np.ndarray, velocities: np.ndarray, architecture: Fl
         seed: seeds the initial weights, the validation split and the shuffles.
         directory: where checkpoints, weights and loss curves go.
         device: 'cpu', 'cuda', or None for :func:`default_device`.
+        label: names the member in progress lines; None uses ``seed <seed>``.
 
     Returns:
         ``directory``, holding ``weights.pt`` and ``history.json``.
@@ -135,11 +137,12 @@ def train_member(positions: np.ndarray, velocities: np.ndarray, architecture: Fl
     if recipe.compile:  # only the CNF has a compiled path (FlowEnsemble.compilable)
         for flow in (member.position, member.velocity):
             flow.field.compile = True
+    label = label or f"seed {seed}"
     histories = {
         "position": train(member.position, _negative_log_likelihood, r_fit, None, r_val, None,
-                          recipe, seed, directory / "position.ckpt", f"seed {seed} p(r)"),
+                          recipe, seed, directory / "position.ckpt", f"{label} p(r)"),
         "velocity": train(member.velocity, _negative_log_likelihood, v_fit, r_fit, v_val, r_val,
-                          recipe, seed + 1, directory / "velocity.ckpt", f"seed {seed} p(v|r)"),
+                          recipe, seed + 1, directory / "velocity.ckpt", f"{label} p(v|r)"),
     }
     (directory / HISTORY_FILE).write_text(
         json.dumps({name: h.to_dict() for name, h in histories.items()}, indent=1)
