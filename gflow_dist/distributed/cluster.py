@@ -1,4 +1,5 @@
-"""Connecting to Ray: a local cluster by default, or ``--address`` / ``RAY_ADDRESS``."""
+"""Connecting to Ray (a local cluster by default, or ``--address`` / ``RAY_ADDRESS``) and
+checking what its nodes hold."""
 
 from __future__ import annotations
 

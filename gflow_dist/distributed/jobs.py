@@ -38,6 +38,7 @@ from gflow_dist.data.ingest import (
     read_ingested,
     write_ingested,
 )
+from gflow_dist.distributed.checkpoints import model_checkpoint_uri
 from gflow_dist.distributed.training import ray_member_runner
 from gflow_dist.evaluate.report import evaluate
 from gflow_dist.provenance import run_metadata
@@ -99,7 +100,9 @@ def train_one(config: RunConfig, name: str, out: Path) -> Upsampler:
     key_file.write_text(key)
     train, _ = read_ingested(out)
     model = upsamplers.create(name, config)
-    runner = ray_member_runner(config.ray.num_cpus_per_member, config.ray.num_gpus_per_member)
+    runner = ray_member_runner(
+        config.ray.num_cpus_per_member, config.ray.num_gpus_per_member,
+        checkpoint_uri=model_checkpoint_uri(config.ray.checkpoint_uri, name, key))
     _echo(f"{name}: training on {len(train):,} particles")
     model.fit(train, config.seed, workdir=directory / TRAINING_DIR, runner=runner)
     model.save(directory, metadata=run_metadata(config))

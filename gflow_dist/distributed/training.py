@@ -26,12 +26,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from gflow_dist.distributed.checkpoints import CheckpointStore
 from gflow_dist.distributed.cluster import actors_per_cluster, check_resources, node_resources
-from gflow_dist.flows.member import WEIGHTS_FILE
+from gflow_dist.flows.member import HISTORY_FILE, WEIGHTS_FILE
 from gflow_dist.upsamplers.base import MemberRunner
 
 MAX_RESTARTS = 3
@@ -63,8 +62,9 @@ class MemberTrainer:
         self.function = function
         self.store = CheckpointStore(checkpoint_uri) if checkpoint_uri else None
 
-    def train(self, index: int, shared: dict[str, np.ndarray], job: dict[str, Any]) -> int:
-        """Train member ``index`` (arguments ``shared | job``); returns ``index``."""
+    def train(self, index: int, shared: dict[str, Any], job: dict[str, Any]) -> int:
+        """Train member ``index`` on ``job`` and the arrays behind the object refs
+        ``shared``; returns ``index``."""
         import ray
 
         arguments = job | {name: ray.get(ref) for name, ref in shared.items()}
@@ -95,6 +95,13 @@ class MemberTrainer:
         self.function(**arguments | {"directory": directory, "label": label})
         attempts[-1]["finished"] = time.time()
         record.write_text(json.dumps(attempts, indent=1))
+
+
+def _best_losses(directory: Path) -> str:
+    """The best validation loss of each of a member's flows, from its history file."""
+    history = json.loads((directory / HISTORY_FILE).read_text())
+    return ", ".join(f"{flow} best validation {curves['best_validation']:.4f}"
+                     for flow, curves in history.items())
 
 
 def pool_size(nodes: Sequence[dict[str, float]], num_cpus: float, num_gpus: float,
@@ -156,7 +163,7 @@ def _train_in_pool(function: Callable[..., Path], jobs: Sequence[dict[str, Any]]
                                   max_task_retries=MAX_RESTARTS)
               .remote(function, num_cpus, store.uri if store else None) for k in range(size)]
     print(f"training {len(todo)} members in {size} Ray actors "
-          f"({num_cpus:g} CPUs, {num_gpus:g} GPUs each)", flush=True)
+          f"(num_cpus={num_cpus:g}, num_gpus={num_gpus:g} each)", flush=True)
     try:
         pool = ActorPool(actors)
         position = {index: k for k, index in enumerate(todo)}
@@ -167,8 +174,8 @@ def _train_in_pool(function: Callable[..., Path], jobs: Sequence[dict[str, Any]]
             directory = Path(jobs[index]["directory"])
             if store is not None:
                 store.download(directory.name, directory)
-            print(f"member {index:02d}: trained ({count}/{len(todo)}) -> {directory}",
-                  flush=True)
+            print(f"member {index:02d}: trained ({count}/{len(todo)}), "
+                  f"{_best_losses(directory)} -> {directory}", flush=True)
     finally:
         for actor in actors:
             ray.kill(actor)
