@@ -7,7 +7,8 @@ Output layout under ``out``:
   (per-member checkpoints and loss curves);
 - ``samples/<name>/``: the upsampled stars as Parquet parts with a manifest;
 - ``catalog/<name>/hats/`` (HATS Parquet: lsdb, Dask) and ``catalog/<name>/stars.zarr``
-  (xarray): the stars with their observables, partitioned by HEALPix;
+  (xarray): stars drawn in seeded shards on Ray with their observables, partitioned by
+  HEALPix (the shards' seeds differ from ``samples/<name>``'s single-stream draw);
 - ``figures/<name>/``: the paper's figures from each catalog;
 - ``report.json``, ``report.md`` and figures: the evaluation (classifier tests, truth
   scores) of the upsamplers;
@@ -26,10 +27,8 @@ import shutil
 from pathlib import Path
 
 from gflow_dist import upsamplers
-from gflow_dist.catalog.hats_writer import sample_batches, write_hats_catalog
 from gflow_dist.catalog.observables import SolarFrame
 from gflow_dist.catalog.plots import SkyWindow, make_figures
-from gflow_dist.catalog.zarr_writer import write_zarr_catalog
 from gflow_dist.config import RunConfig
 from gflow_dist.data.ingest import (
     PARTICLES_DIR,
@@ -39,10 +38,12 @@ from gflow_dist.data.ingest import (
     write_ingested,
 )
 from gflow_dist.distributed.checkpoints import model_checkpoint_uri
+from gflow_dist.distributed.sharded_catalog import write_sharded_catalog
 from gflow_dist.distributed.training import ray_member_runner
 from gflow_dist.evaluate.report import evaluate
 from gflow_dist.provenance import run_metadata
 from gflow_dist.sample.writer import write_samples
+from gflow_dist.upsamplers import model_hash
 from gflow_dist.upsamplers.base import SPEC_FILE, Upsampler
 
 logger = logging.getLogger(__name__)
@@ -75,15 +76,6 @@ def training_key(config: RunConfig, name: str) -> str:
                 if key not in ("sample", "ray", "upsamplers")}
     relevant["upsampler"] = name
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
-
-
-def model_hash(directory: Path) -> str:
-    """SHA-256 over a saved model's files, identifying it in sample manifests."""
-    digest = hashlib.sha256()
-    for path in sorted(p for p in directory.iterdir() if p.is_file()):
-        digest.update(path.name.encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
 
 
 def train_one(config: RunConfig, name: str, out: Path) -> Upsampler:
@@ -150,22 +142,26 @@ def catalog_dir(out: Path, name: str) -> Path:
 
 
 def run_catalog(config: RunConfig, out: Path) -> None:
-    """Turn each upsampler's stars into HEALPix-partitioned catalogs, and plot them."""
-    run_sample(config, out)
+    """Draw each upsampler's stars in shards on Ray into HEALPix-partitioned catalogs.
+
+    The shards follow ``ShardPlan(n, sample.shard_size, seed)``: each has its own seed, a
+    rerun reuses the shards already drawn, and the catalog is published all at once
+    (:mod:`gflow_dist.distributed.sharded_catalog`). Then the figures are drawn from it.
+    """
+    run_train(config, out)
     frame = SolarFrame.from_config(config)
     train, _ = read_ingested(out)
+    n = sample_count(config, len(train))
     ra, dec, radius = config.catalog.figure_window_deg
     for name in config.upsamplers:
-        folder = catalog_dir(out, name)
+        folder, model_dir = catalog_dir(out, name), out / "models" / name
         metadata = (run_metadata(config) | frame.to_metadata()
-                    | {"upsampler": name, "model_sha256": model_hash(out / "models" / name)})
-        manifest = write_hats_catalog(sample_batches(out / "samples" / name, frame),
-                                      folder / "hats", name, config.catalog, metadata)
-        _echo(f"{name}: HATS catalog of {manifest['rows']:,} stars in "
-              f"{len(manifest['partitions'])} HEALPix partitions -> {folder / 'hats'}")
-        if config.catalog.zarr:
-            write_zarr_catalog(folder / "hats", folder / "stars.zarr")
-            _echo(f"{name}: Zarr store -> {folder / 'stars.zarr'}")
+                    | {"upsampler": name, "model_sha256": model_hash(model_dir)})
+        manifest = write_sharded_catalog(model_dir, n, config.seed, folder, config, metadata)
+        _echo(f"{name}: HATS catalog of {manifest['rows']:,} stars from "
+              f"{len(manifest['shards'])} shards in {len(manifest['partitions'])} HEALPix "
+              f"partitions -> {folder / 'hats'}"
+              + (f" (+ {folder / 'stars.zarr'})" if config.catalog.zarr else ""))
         figures = make_figures(folder / "hats", out / "figures" / name,
                                window=SkyWindow(ra, dec, radius), particles=train.phase_space,
                                frame=frame, title=name)
@@ -180,13 +176,15 @@ def run_evaluate(config: RunConfig, out: Path) -> None:
         return
     models = run_train(config, out)
     train, test = read_ingested(out)
-    evaluate(config, models, train, test, out)
+    evaluate(config, models, train, test, out,
+             model_dirs={name: out / "models" / name for name in models})
 
 
 def run_all(config: RunConfig, out: Path) -> None:
     """The main job: ingest → train → sample → catalog → evaluate."""
     write_run_record(config, out)
     run_ingest(config, out)
+    run_sample(config, out)
     run_catalog(config, out)
     if config.evaluate.enabled:
         run_evaluate(config, out)

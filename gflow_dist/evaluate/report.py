@@ -27,6 +27,7 @@ from gflow_dist.data.ingest import mock_galaxy
 from gflow_dist.data.particles import ParticleSet
 from gflow_dist.evaluate.classifier import ClassifierSettings
 from gflow_dist.evaluate.classifier_tests import multi_model_test, two_sample_auc
+from gflow_dist.evaluate.draws import CLASSIFIER_STREAM, draw_for_evaluation, evaluation_seed
 from gflow_dist.evaluate.figures import classifier_histograms
 from gflow_dist.evaluate.truth import kl_divergence
 from gflow_dist.provenance import run_metadata
@@ -35,15 +36,6 @@ from gflow_dist.upsamplers.base import Upsampler
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
 HISTOGRAM_PNG = "classifier_histograms.png"
-_EVALUATION_STREAM = 0x6576616C
-"""Separates the evaluation's random streams from the catalog draw of the same seed."""
-
-
-def evaluation_seed(seed: int, stream: int = 0) -> int:
-    """Seed of the evaluation's ``stream``-th random draw, derived from the run seed."""
-    return int(np.random.SeedSequence([seed, _EVALUATION_STREAM, stream]).generate_state(1)[0])
-
-
 def _echo(message: str) -> None:
     print(message, flush=True)
 
@@ -88,8 +80,14 @@ def _truth_scores(config: RunConfig, models: Mapping[str, Upsampler],
 
 
 def evaluate(config: RunConfig, models: Mapping[str, Upsampler], train: ParticleSet,
-             test: ParticleSet, out: Path) -> dict[str, Any]:
-    """Run every configured test on ``models`` and write the report under ``out``."""
+             test: ParticleSet, out: Path,
+             model_dirs: Mapping[str, Path] | None = None) -> dict[str, Any]:
+    """Run every configured test on ``models`` and write the report under ``out``.
+
+    With ``model_dirs`` (the saved models, in the same order) the multi-model test runs on
+    Ray: sharded draws, the classifier in an actor and LP scored in shards
+    (:mod:`gflow_dist.distributed.evaluation`); the stars and numbers are the same.
+    """
     settings = ClassifierSettings.from_config(config.evaluate)
     workdir = out / "evaluation"
     limit = config.evaluate.max_test_particles
@@ -99,11 +97,17 @@ def evaluate(config: RunConfig, models: Mapping[str, Upsampler], train: Particle
     n_samples = max(2, round(config.evaluate.samples_per_particle * len(train)))
     _echo(f"evaluate: drawing {n_samples:,} stars per upsampler "
           f"({config.evaluate.samples_per_particle:g} per train particle)")
-    samples = {name: model.sample(n_samples, evaluation_seed(config.seed, index),
-                                  config.sample.batch_size)
+    samples = {name: draw_for_evaluation(model, n_samples, config.seed, index,
+                                         config.sample.shard_size, config.sample.batch_size)
                for index, (name, model) in enumerate(models.items())}
-    result = multi_model_test(samples, test.phase_space, settings,
-                              evaluation_seed(config.seed, 1000), workdir)
+    if model_dirs is None:
+        result = multi_model_test(samples, test.phase_space, settings,
+                                  evaluation_seed(config.seed, CLASSIFIER_STREAM), workdir)
+    else:
+        from gflow_dist.distributed.evaluation import distributed_multi_model_test
+
+        result = distributed_multi_model_test(model_dirs, n_samples, test.phase_space,
+                                              settings, config.seed, workdir, config)
     report: dict[str, Any] = {
         **result.to_dict(),
         "samples_per_upsampler": n_samples,

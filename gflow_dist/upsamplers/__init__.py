@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -29,6 +30,19 @@ def create(name: str, config: RunConfig) -> Upsampler:
     return registry[name].from_config(config)
 
 
+def model_hash(directory: str | Path) -> str:
+    """SHA-256 over a saved model's files, identifying it in sample and catalog manifests."""
+    directory = Path(directory)
+    if not (directory / SPEC_FILE).exists():
+        raise GflowError(f"{directory} holds no saved model ({SPEC_FILE} is missing): run "
+                         "`gflow train` first")
+    digest = hashlib.sha256()
+    for path in sorted(p for p in directory.iterdir() if p.is_file()):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
 def load(directory: str | Path) -> Upsampler:
     """Restore a model saved with ``Upsampler.save`` (weights only, no pickled code)."""
     directory = Path(directory)
@@ -43,4 +57,4 @@ def load(directory: str | Path) -> Upsampler:
     return registry[kind].from_saved(spec, directory)
 
 
-__all__ = ["Upsampler", "create", "load"]
+__all__ = ["Upsampler", "create", "load", "model_hash"]

@@ -1,0 +1,125 @@
+"""The multi-model classifier test on Ray: sharded draws, a trainer actor, merged LP sums."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gflow_dist.baselines.enbid import EnbidUpsampler
+from gflow_dist.config import build_config
+from gflow_dist.distributed.evaluation import (
+    distributed_multi_model_test,
+)
+from gflow_dist.errors import GflowError
+from gflow_dist.evaluate.classifier import ClassifierSettings
+from gflow_dist.evaluate.classifier_tests import multi_model_test
+from gflow_dist.evaluate.draws import (
+    CLASSIFIER_STREAM,
+    draw_for_evaluation,
+    evaluation_plan,
+    evaluation_seed,
+)
+from gflow_dist.evaluate.scores import PosteriorSums
+from gflow_dist.flows.training import Recipe
+from tests.conftest import R_MAX, SUN
+
+SETTINGS = ClassifierSettings(hidden_units=(64, 32), validation_fraction=0.5,
+                              recipe=Recipe(batches_per_epoch=10, max_epochs=3, patience=2,
+                                            refine=False))
+N_SAMPLES = 3000
+SEED = 7
+CONFIG = build_config({"galaxy": {"source": "mock"},
+                       "sample": {"shard_size": 700, "batch_size": 1024},
+                       "ray": {"evaluation_shards": 3, "max_samplers": 2}})
+
+
+def test_evaluation_plans_have_distinct_seeds_per_upsampler_and_run():
+    plans = [evaluation_plan(3000, SEED, index, 700) for index in range(3)]
+    assert [shard.count for shard in plans[0]] == [700, 700, 700, 700, 200]
+    seeds = {shard.seed for plan in plans for shard in plan}
+    assert len(seeds) == 15
+    assert evaluation_plan(3000, SEED + 1, 0, 700).shard(0).seed != plans[0].shard(0).seed
+
+
+def test_the_local_draw_is_the_shards_drawn_in_turn(saved_models):
+    _, models = saved_models
+    model = models["broad"]
+    two_shards = draw_for_evaluation(model, 900, SEED, 1, 700)
+    plan = evaluation_plan(900, SEED, 1, 700)
+    np.testing.assert_array_equal(two_shards[:700], model.sample(700, plan.shard(0).seed))
+    np.testing.assert_array_equal(two_shards[700:], model.sample(200, plan.shard(1).seed))
+    assert not np.isin(two_shards[700:, 0], two_shards[:700, 0]).any()
+
+
+@pytest.fixture(scope="module")
+def saved_models(mock_split, tmp_path_factory):
+    """Two simplified-EnBiD models with leaf-box (1/12) and 4× broader (1/3) kernels."""
+    train_half, _ = mock_split
+    folder = tmp_path_factory.mktemp("models")
+    models = {"narrow": EnbidUpsampler(SUN, R_MAX, variance_factor=1 / 12),
+              "broad": EnbidUpsampler(SUN, R_MAX, variance_factor=1 / 3)}
+    return {name: model.fit(train_half, seed=0).save(folder / name)
+            for name, model in models.items()}, models
+
+
+@pytest.fixture(scope="module")
+def distributed_result(ray_cluster, saved_models, mock_split, tmp_path_factory):
+    directories, _ = saved_models
+    _, test_half = mock_split
+    return distributed_multi_model_test(directories, N_SAMPLES, test_half.phase_space, SETTINGS,
+                                        SEED, tmp_path_factory.mktemp("eval"), CONFIG)
+
+
+@pytest.mark.ray
+def test_merged_shard_sums_equal_one_process_scoring_every_test_particle(distributed_result,
+                                                                        mock_split):
+    _, test_half = mock_split
+    result = distributed_result
+    whole = result.classifier.log_posterior(test_half.phase_space)
+    np.testing.assert_allclose(result.test_log_posterior, whole, rtol=1e-9, atol=1e-12)
+    sums = PosteriorSums.of(whole)
+    for name, estimate in zip(result.names, sums.log_posterior(), strict=True):
+        assert result.log_posterior[name].value == pytest.approx(estimate.value, rel=1e-9)
+        assert result.log_posterior[name].stderr == pytest.approx(estimate.stderr, rel=1e-9)
+    paired = sums.difference(0, 1)
+    difference = result.differences["narrow - broad"]
+    assert difference.value == pytest.approx(paired.value, rel=1e-9)
+    assert difference.stderr == pytest.approx(paired.stderr, rel=1e-9)
+    assert result.to_dict()["n_test"] == len(test_half)
+
+
+@pytest.mark.ray
+def test_distributed_test_equals_the_single_process_one_on_the_same_shard_plan(
+        distributed_result, saved_models, mock_split, tmp_path):
+    _, models = saved_models
+    _, test_half = mock_split
+    samples = {name: draw_for_evaluation(model, N_SAMPLES, SEED, index,
+                                          CONFIG.sample.shard_size, CONFIG.sample.batch_size)
+               for index, (name, model) in enumerate(models.items())}
+    assert all(len(rows) == N_SAMPLES for rows in samples.values())
+    local = multi_model_test(samples, test_half.phase_space, SETTINGS,
+                             evaluation_seed(SEED, CLASSIFIER_STREAM), tmp_path)
+    remote = distributed_result
+    # identical stars: the validation half is the same rows in the same order
+    np.testing.assert_array_equal(remote.classifier.validation_rows,
+                                  local.classifier.validation_rows)
+    np.testing.assert_array_equal(remote.classifier.validation_labels,
+                                  local.classifier.validation_labels)
+    for name in remote.names:
+        assert remote.log_posterior[name].value == pytest.approx(
+            local.log_posterior[name].value, rel=1e-5)
+    assert remote.auc["binary"] == pytest.approx(local.auc["binary"], abs=1e-4)
+    assert remote.classifier.history.best_validation == pytest.approx(
+        local.classifier.history.best_validation, rel=1e-5)
+
+
+@pytest.mark.ray
+def test_a_classifier_gpu_request_the_cluster_cannot_hold_fails_naming_the_key(
+        ray_cluster, saved_models, mock_split, tmp_path):
+    directories, _ = saved_models
+    _, test_half = mock_split
+    config = build_config({"galaxy": {"source": "mock"},
+                           "ray": {"num_gpus_per_classifier": 64}})
+    with pytest.raises(GflowError, match="ray.num_gpus_per_classifier=64"):
+        distributed_multi_model_test(directories, N_SAMPLES, test_half.phase_space, SETTINGS,
+                                     SEED, tmp_path, config)

@@ -1,0 +1,193 @@
+"""Sharded sampling with Ray Data into HATS + Zarr: plan, equality, crashes and reruns."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import lsdb
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import xarray as xr
+
+from gflow_dist import upsamplers
+from gflow_dist.baselines.enbid import EnbidUpsampler
+from gflow_dist.catalog.hats_writer import catalog_table, write_hats_catalog
+from gflow_dist.catalog.observables import SolarFrame
+from gflow_dist.config import RunConfig
+from gflow_dist.distributed.sharded_catalog import (
+    FAULT_ENV,
+    SHARDS_DIR,
+    ShardSampler,
+    sample_shards,
+    sampler_pool,
+    shard_key,
+    write_sharded_catalog,
+)
+from gflow_dist.errors import GflowError
+from gflow_dist.sample.shards import ShardPlan, shard_seed
+from gflow_dist.upsamplers import model_hash
+from tests.conftest import R_MAX, SUN
+
+N, SEED = 5000, 17
+CONFIG = RunConfig.model_validate({
+    "galaxy": {"sun_position_kpc": SUN, "r_max_kpc": R_MAX},
+    "sample": {"shard_size": 1500, "batch_size": 512},
+    "catalog": {"highest_order": 5, "max_rows_per_partition": 800},
+})
+METADATA = {"upsampler": "enbid", "seed": str(SEED)}
+
+
+def test_plan_covers_every_star_once_with_distinct_seeds():
+    plan = ShardPlan(10_007, 1000, 3)
+    shards = list(plan)
+    assert len(plan) == 11 and shards[-1].count == 7
+    ids = np.concatenate([np.arange(s.first_star_id, s.first_star_id + s.count) for s in shards])
+    np.testing.assert_array_equal(ids, np.arange(10_007))
+    assert len({s.seed for s in shards}) == len(shards)
+    assert list(ShardPlan(10_007, 1000, 3)) == shards
+    assert {s.seed for s in ShardPlan(10_007, 1000, 4)}.isdisjoint(s.seed for s in shards)
+    assert ShardPlan.per_particle(2000, 500.0, 10**6, 0).total == 10**6
+    with pytest.raises(IndexError):
+        plan.shard(11)
+
+
+def test_plan_of_ten_billion_stars_is_cheap():
+    start = time.perf_counter()
+    plan = ShardPlan(10**10, 10**6, 0)
+    last = plan.shard(len(plan) - 1)
+    assert len(plan) == 10**4 and last.star_ids == range(10**10 - 10**6, 10**10)
+    assert last.seed == shard_seed(0, 9999)
+    assert time.perf_counter() - start < 0.05
+
+
+@pytest.fixture(scope="module")
+def model_dir(mock_split, tmp_path_factory):
+    train, _ = mock_split
+    return EnbidUpsampler(SUN, R_MAX).fit(train, seed=3).save(
+        tmp_path_factory.mktemp("model") / "enbid")
+
+
+@pytest.fixture(scope="module")
+def reference(model_dir, tmp_path_factory):
+    """The same shards drawn one after another in this process, by the single-process writer."""
+    model, frame = upsamplers.load(model_dir), SolarFrame.from_config(CONFIG)
+
+    def batches():
+        for shard in ShardPlan(N, CONFIG.sample.shard_size, SEED):
+            first = shard.first_star_id
+            for stars in model.iter_samples(shard.count, shard.seed, CONFIG.sample.batch_size):
+                yield catalog_table(stars, first, frame)
+                first += len(stars)
+
+    directory = tmp_path_factory.mktemp("single") / "hats"
+    write_hats_catalog(batches, directory, "enbid", CONFIG.catalog, METADATA)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def sharded(ray_cluster, model_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("sharded") / "enbid"
+    return out, write_sharded_catalog(model_dir, N, SEED, out, CONFIG, METADATA)
+
+
+def _partition_tables(hats):
+    files = sorted((hats / "dataset").glob("Norder=*/Dir=*/Npix=*.parquet"))
+    return {f.relative_to(hats): pq.read_table(f) for f in files}
+
+
+def _assert_equals_reference(hats, reference):
+    ours, theirs = _partition_tables(hats), _partition_tables(reference)
+    assert ours.keys() == theirs.keys() and len(ours) > 1
+    for name, table in ours.items():
+        assert table.equals(theirs[name]), name
+    assert (pq.read_schema(hats / "dataset" / "_common_metadata")
+            .equals(pq.read_schema(reference / "dataset" / "_common_metadata"),
+                    check_metadata=True))
+    assert (hats / "partition_info.csv").read_text() == (
+        reference / "partition_info.csv").read_text()
+
+
+@pytest.mark.ray
+def test_catalog_opens_in_lsdb_and_equals_the_single_process_draw(sharded, reference):
+    out, manifest = sharded
+    stars = lsdb.open_catalog(out / "hats").compute()
+    assert len(stars) == N == manifest["rows"]
+    np.testing.assert_array_equal(np.sort(stars["star_id"].to_numpy()), np.arange(N))
+    _assert_equals_reference(out / "hats", reference)
+    store = xr.open_zarr(out / "stars.zarr")
+    assert int(store["valid"].sum()) == N
+    assert manifest["run"] == manifest["run"] | {"sampled": 4, "reused": 0}
+    assert [row[1] for row in manifest["shards"]] == [1500, 1500, 1500, 500]
+    assert not (out / SHARDS_DIR).exists()
+
+
+@pytest.mark.ray
+def test_a_killed_sampling_worker_is_replaced_without_losing_or_duplicating_stars(
+        model_dir, sharded, reference, tmp_path, monkeypatch):
+    marker = tmp_path / "died"
+    monkeypatch.setenv(FAULT_ENV, f"2:{marker}")
+    out = tmp_path / "enbid"
+    manifest = write_sharded_catalog(model_dir, N, SEED, out, CONFIG, METADATA)
+    assert marker.exists(), "the worker drawing shard 2 did not die"
+    assert manifest["shards"] == sharded[1]["shards"]
+    ids = pq.read_table(out / "hats" / "dataset", columns=["star_id"]).column(0).to_numpy()
+    np.testing.assert_array_equal(np.sort(ids), np.arange(N))
+    _assert_equals_reference(out / "hats", reference)
+
+
+@pytest.mark.ray
+def test_an_interrupted_run_reuses_finished_shards_and_redraws_the_rest(
+        model_dir, sharded, reference, tmp_path):
+    out = tmp_path / "enbid"
+    plan = ShardPlan(N, CONFIG.sample.shard_size, SEED)
+    key = shard_key(model_hash(model_dir), CONFIG)
+    first = sample_shards(model_dir, plan, out / SHARDS_DIR, key, CONFIG, shard_ids=[0, 1, 3])
+    assert [row["sampled"] for row in first] == [True, True, True]
+    # a crash mid-write leaves a partial file; a tampered shard must not be trusted
+    (out / SHARDS_DIR / "shard-000002.parquet.partial").write_bytes(b"half a file")
+    tampered = out / SHARDS_DIR / "shard-000001.parquet"
+    table = pq.read_table(tampered)
+    ra = table.schema.get_field_index("ra")
+    pq.write_table(table.set_column(ra, table.schema.field(ra), pq.read_table(
+        out / SHARDS_DIR / "shard-000000.parquet").column("ra")), tampered)
+    manifest = write_sharded_catalog(model_dir, N, SEED, out, CONFIG, METADATA)
+    assert manifest["run"]["sampled"] == 2 and manifest["run"]["reused"] == 2
+    assert manifest["shards"] == sharded[1]["shards"]
+    _assert_equals_reference(out / "hats", reference)
+
+
+@pytest.mark.ray
+def test_a_same_input_rerun_is_a_no_op(model_dir, sharded):
+    out, manifest = sharded
+    files = [out / "hats" / "_manifest.json", *sorted((out / "hats").rglob("*.parquet"))]
+    before = [f.stat().st_mtime_ns for f in files]
+    assert write_sharded_catalog(model_dir, N, SEED, out, CONFIG, METADATA) == manifest
+    assert [f.stat().st_mtime_ns for f in files] == before
+    assert not (out / SHARDS_DIR).exists()
+
+
+@pytest.mark.ray
+def test_sampler_pool_follows_the_cluster_and_rejects_oversized_workers(ray_cluster):
+    assert sampler_pool(CONFIG.ray, shards=10) == 2
+    assert sampler_pool(CONFIG.ray, shards=1) == 1
+    capped = RunConfig.model_validate({"ray": {"max_samplers": 1}})
+    assert sampler_pool(capped.ray, shards=10) == 1
+    greedy = RunConfig.model_validate({"ray": {"num_cpus_per_sampler": 64}})
+    with pytest.raises(GflowError, match="ray.num_cpus_per_sampler"):
+        sampler_pool(greedy.ray, shards=4)
+
+
+def test_a_worker_reproduces_a_shard_bit_for_bit(model_dir, tmp_path):
+    plan = ShardPlan(N, CONFIG.sample.shard_size, SEED)
+    key = shard_key(model_hash(model_dir), CONFIG)
+    stats = []
+    for folder in ("a", "b"):
+        sampler = ShardSampler(str(model_dir), plan, str(tmp_path / folder), key,
+                               SolarFrame.from_config(CONFIG), 512, 5, None)
+        (tmp_path / folder).mkdir()
+        stats.append(sampler.draw(plan.shard(3)))
+        assert sampler.draw(plan.shard(3))["sampled"] is False
+    assert stats[0]["sha256"] == stats[1]["sha256"] and stats[0]["rows"] == 500
+    assert os.path.getsize(tmp_path / "a" / "shard-000003.parquet") > 0
