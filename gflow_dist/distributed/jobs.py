@@ -95,7 +95,10 @@ def train_one(config: RunConfig, name: str, out: Path) -> Upsampler:
     runner = ray_member_runner(
         config.ray.num_cpus_per_member, config.ray.num_gpus_per_member,
         checkpoint_uri=model_checkpoint_uri(config.ray.checkpoint_uri, name, key))
-    _echo(f"{name}: training on {len(train):,} particles")
+    section = getattr(config, name, None)
+    cap = getattr(section, "max_train_particles", None)
+    used = min(cap, len(train)) if cap else len(train)
+    _echo(f"{name}: training on {used:,} of the {len(train):,} train particles")
     model.fit(train, config.seed, workdir=directory / TRAINING_DIR, runner=runner)
     model.save(directory, metadata=run_metadata(config))
     if model.fit_summary():
