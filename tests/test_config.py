@@ -112,19 +112,22 @@ def test_mock_config_is_a_small_demo():
     assert config.galaxy.source == "mock"
     assert config.galaxy.sun_position_kpc == (-8.0, 0.0, 0.02)
     assert config.galaxy.r_max_kpc == 3.5
-    assert config.galaxy.mock.n_particles == 500_000
+    assert config.galaxy.mock.n_particles <= 100_000
     assert config.galaxy.mock.particle_mass_msun == 5000.0
-    assert config.cnf.max_train_particles <= 30_000
-    assert config.cnf.ensemble_size <= 2 and config.cnf.max_epochs <= 10
+    assert config.cnf.ensemble_size <= 2 and config.cnf.max_epochs <= 20
     assert config.sample.factor is None and config.sample.total <= 1_000_000
+    assert config.evaluate.samples_per_particle <= 10 and config.evaluate.max_epochs <= 10
 
 
 def test_mock_config_scales_to_the_paper_budget_with_the_documented_overrides():
     """The --set line in mock.yaml's header gives the paper-sized run."""
     text = (CONFIG_DIR / "mock.yaml").read_text()
     overrides = [
-        "cnf.ensemble_size=10", "cnf.max_epochs=100000", "cnf.patience=50",
-        "cnf.max_train_particles=null", "sample.total=null", "sample.factor=500",
+        "galaxy.mock.n_particles=500000", "cnf.ensemble_size=10", "cnf.max_epochs=100000",
+        "cnf.patience=50", "sample.total=null", "sample.factor=500",
+        "evaluate.samples_per_particle=200", "evaluate.max_epochs=100000",
+        "evaluate.patience=100", "evaluate.batches_per_epoch=1000", "evaluate.refine=true",
+        "evaluate.two_sample=true",
     ]
     for item in overrides:
         assert f"--set {item}" in text
@@ -133,6 +136,8 @@ def test_mock_config_scales_to_the_paper_budget_with_the_documented_overrides():
         10, 100_000, 50)
     assert config.cnf.max_train_particles is None
     assert (config.sample.factor, config.sample.total) == (500.0, None)
+    assert config.galaxy.mock.n_particles == 500_000
+    assert config.evaluate == RunConfig().evaluate  # the paper's classifier test
 
 
 # ----------------------------------------------------------------------------- defaults
