@@ -9,6 +9,17 @@ the same held-out particles.
     python benchmarks/baselines_mock.py                     # 30k train particles, all five
     python benchmarks/baselines_mock.py --train 5000 --only enbid kde_mle
     python benchmarks/baselines_mock.py --set cnf.max_epochs=100 --json runs/baselines.json
+
+Measured on 2026-11-28 (default run, 30k train / 30k held-out, shared 2-core machine;
+kde_mle was stopped after 20 min, before its search was narrowed), held-out mean
+log-likelihood and KL(truth ‖ model) [nats]:
+
+    truth          −18.842
+    cnf            −18.974   0.132 ± 0.004   fit 304 s (1 member, 30 epochs)
+    maf            −18.936   0.094 ± 0.003   fit 204 s (1 member, 30 epochs)
+    enbid          −19.501   0.659 ± 0.006   fit 1.5 s
+    enbid_ananke   −∞        ∞ (9.8 % of held-out points at zero density)   fit 3.1 s
+    gaussian                 1.277 ± 0.022 (one Gaussian in the preprocessed space)
 """
 
 from __future__ import annotations
