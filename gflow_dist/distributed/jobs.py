@@ -1,4 +1,4 @@
-"""Job entrypoints: ingest → train → sample, each a function of (config, output folder).
+"""Job entrypoints: ingest → train → sample → catalog → evaluate, each a function of (config, out).
 
 Output layout under ``out``:
 
