@@ -55,6 +55,32 @@ def _job(stage: str) -> Callable[[argparse.Namespace, RunConfig], None]:
     return run
 
 
+def _publish(args: argparse.Namespace, config: RunConfig) -> None:
+    from gflow_dist.distributed import jobs
+    from gflow_dist.distributed.cluster import ray_session
+    from gflow_dist.publish import publish
+
+    name = args.name or (Path(args.config).stem if args.config else "default")
+    with ray_session(args.address or config.ray.address):
+        publish(config, args.out, name, jobs.run_all, args.keep, args.force)
+
+
+def _versions(args: argparse.Namespace) -> None:
+    from gflow_dist.publish import list_versions, point_latest
+
+    if args.rollback:
+        point_latest(args.folder, args.rollback)
+        print(f"{args.folder / 'latest'} -> {args.rollback}")
+    published = list_versions(args.folder)
+    if not published:
+        print(f"no published versions in {args.folder}")
+    for manifest in published:
+        stars = sum(sum(p.values()) for p in manifest["stars_per_pixel"].values())
+        print(f"{'*' if manifest['latest'] else ' '} {manifest['version']}  config "
+              f"{manifest['config_sha256'][:12]}  code {manifest['code_version']}  "
+              f"{stars:,} stars  finished {manifest['finished']}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gflow", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
@@ -77,6 +103,21 @@ def build_parser() -> argparse.ArgumentParser:
         command = commands.add_parser("run" if stage == "all" else stage, help=text)
         _job_arguments(command)
         command.set_defaults(handler=_job(stage))
+    publish = commands.add_parser("publish", help="regenerate into a new immutable version "
+                                  "and switch `latest` to it atomically")
+    _config_arguments(publish)
+    publish.add_argument("--out", type=Path, required=True, help="release root folder")
+    publish.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or local)")
+    publish.add_argument("--name", help="catalog name (default: the config file's stem)")
+    publish.add_argument("--keep", type=int, default=5, help="versions to retain (default 5)")
+    publish.add_argument("--force", action="store_true", help="regenerate even if unchanged")
+    publish.set_defaults(handler=_publish)
+    versions_parser = commands.add_parser("versions", help="list published versions, or "
+                                          "point `latest` back at one")
+    versions_parser.add_argument("folder", type=Path, help="ROOT/<name> of `gflow publish`")
+    versions_parser.add_argument("--rollback", metavar="VERSION",
+                                 help="switch `latest` to this version")
+    versions_parser.set_defaults(handler=_versions)
     add_query_parser(commands)
     add_plot_parser(commands)
     return parser

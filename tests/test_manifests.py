@@ -323,8 +323,10 @@ def test_scheduled_regeneration(rendered):
         assert template["spec"] == ray_cron["spec"]["jobTemplate"]
         assert template["metadata"]["generateName"].endswith("-")
         assert template["spec"]["activeDeadlineSeconds"] < 24 * 3600, "runs must not overlap"
-        assert shlex.split(template["spec"]["entrypoint"])[:3] == ["gflow", "publish",
-                                                                   CONFIG_PATH]
+        command = shlex.split(template["spec"]["entrypoint"])
+        assert command[:3] == ["gflow", "publish", CONFIG_PATH]
+        published = build_parser().parse_args(command[1:])
+        assert published.out.is_absolute() and published.name
         assert template["spec"]["rayClusterSpec"] == _one(resources, "RayCluster")["spec"]
         assert cron["spec"]["concurrencyPolicy"] == "Forbid"
         pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]

@@ -1,0 +1,81 @@
+"""Versioned publishing: an atomic switch of `latest`, no-op reruns, failed runs, retention."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from gflow_dist.cli import main
+from gflow_dist.config import load_config
+from gflow_dist.errors import GflowError
+from gflow_dist.publish import (
+    LATEST,
+    MANIFEST,
+    latest_version,
+    list_versions,
+    publish,
+    run_lock,
+)
+
+TINY = [
+    "--set", "upsamplers=[enbid]", "--set", "galaxy.mock.n_particles=1200",
+    "--set", "sample.total=2000", "--set", "evaluate.enabled=false",
+]
+
+
+def _publish(root, *extra):
+    return main(["publish", "configs/mock.yaml", "--out", str(root), "--name", "mock",
+                 *TINY, *extra])
+
+
+@pytest.mark.ray
+def test_publish_switches_latest_reruns_as_a_no_op_keeps_latest_on_failure_and_retains(
+        ray_cluster, tmp_path, capsys):
+    folder = tmp_path / "mock"
+    assert _publish(tmp_path) == 0
+    first = latest_version(folder)
+    manifest = json.loads((folder / first / MANIFEST).read_text())
+    assert set(manifest) >= {"config_sha256", "model_sha256", "code_version",
+                             "stars_per_pixel", "started", "finished"}
+    assert sum(manifest["stars_per_pixel"]["enbid"].values()) == 2000
+    assert (folder / LATEST / "catalog" / "enbid" / "hats" / "hats.properties").exists()
+
+    assert _publish(tmp_path) == 0  # same config and code: nothing to do
+    assert "nothing to do" in capsys.readouterr().out
+    assert [v["version"] for v in list_versions(folder)] == [first]
+
+    assert _publish(tmp_path, "--force") == 0
+    second = latest_version(folder)
+    assert second != first and (folder / first).is_dir()
+    assert os.readlink(folder / LATEST) == second
+
+    missing = tmp_path / "nowhere.parquet"
+    assert _publish(tmp_path, "--set", f"galaxy.source={missing}") == 2
+    assert latest_version(folder) == second  # a failed run leaves latest as it was
+    assert not list(folder.glob(".staging-*")) and not (folder / ".lock").exists()
+
+    assert _publish(tmp_path, "--force", "--keep", "2") == 0
+    names = [v["version"] for v in list_versions(folder)]
+    assert first not in names and len(names) == 2
+    assert latest_version(folder) == names[-1]
+
+    assert main(["versions", str(folder), "--rollback", second]) == 0
+    assert latest_version(folder) == second
+    assert f"* {second}" in capsys.readouterr().out
+
+
+def test_a_held_lock_refuses_a_second_run(tmp_path):
+    with run_lock(tmp_path):
+        with pytest.raises(Exception, match="another publish holds"):
+            with run_lock(tmp_path):
+                pass
+    assert not (tmp_path / ".lock").exists()
+
+
+def test_object_store_roots_are_refused_clearly(tmp_path):
+    config = load_config(None)
+    with pytest.raises(GflowError, match="object stores are not supported"):
+        publish(config, Path("s3://bucket/releases"), "mock", lambda c, out: None)
