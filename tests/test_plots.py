@@ -11,6 +11,7 @@ from astropy.coordinates import SkyCoord
 from astropy_healpix import HEALPix
 from matplotlib.image import imread
 
+from gflow_dist.catalog.healpix import spatial_index
 from gflow_dist.catalog.observables import COLUMN_UNITS, SolarFrame, observables
 from gflow_dist.catalog.plots import (
     CORNER_COLUMNS,
@@ -28,8 +29,6 @@ from gflow_dist.catalog.plots import (
 from gflow_dist.data.mock import MockGalaxy
 from gflow_dist.errors import GflowError
 
-spatial_index = pytest.importorskip("hats.pixel_math.spatial_index")
-
 N_STARS = 40_000
 PARTITION_ORDER = 1
 DISK_WINDOW = SkyWindow(ra_deg=130.0, dec_deg=-45.0, radius_deg=25.0)
@@ -42,7 +41,7 @@ def catalog(tmp_path_factory):
     stars = MockGalaxy().sample(N_STARS, seed=5)
     columns = {"star_id": np.arange(N_STARS, dtype=np.uint64)}
     columns |= observables(stars, SolarFrame())
-    columns["_healpix_29"] = spatial_index.compute_spatial_index(columns["ra"], columns["dec"])
+    columns["_healpix_29"] = spatial_index(columns["ra"], columns["dec"])
     table = pa.table({name: columns[name] for name in COLUMN_UNITS})
     hats_dir = tmp_path_factory.mktemp("test_plots") / "hats"
     pixels = columns["_healpix_29"] >> 2 * (29 - PARTITION_ORDER)
