@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install --upgrade --quiet pip
 	# constraints.txt pins torch to the CPU build and every other verified version.
 	# The enbid extra (GPL-2 EnBiD binaries) is installed so its baseline is tested.
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[test,flows,enbid]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[test,flows,enbid,s3]'
 	# torchdyn 1.0.6 requires an unpinned torchvision whose CPU-incompatible build breaks
 	# `import torchdyn.core` (via pytorch_lightning -> torchmetrics); nothing here uses it.
 	$(BIN)/pip uninstall --yes --quiet torchvision

@@ -62,23 +62,28 @@ def _publish(args: argparse.Namespace, config: RunConfig) -> None:
 
     name = args.name or (Path(args.config).stem if args.config else "default")
     with ray_session(args.address or config.ray.address):
-        publish(config, args.out, name, jobs.run_all, args.keep, args.force)
+        publish(config, args.out, name, jobs.run_all, args.keep, args.force, args.staging)
 
 
 def _versions(args: argparse.Namespace) -> None:
-    from gflow_dist.publish import list_versions, point_latest
+    from gflow_dist.publish import list_versions
+    from gflow_dist.release_stores import open_store
 
+    store = open_store(args.folder)
     if args.rollback:
-        point_latest(args.folder, args.rollback)
-        print(f"{args.folder / 'latest'} -> {args.rollback}")
-    published = list_versions(args.folder)
+        store.point_latest(args.rollback)
+        print(f"{store.location}/latest -> {args.rollback}")
+    published = list_versions(store)
     if not published:
-        print(f"no published versions in {args.folder}")
+        print(f"no published versions in {store.location}")
     for manifest in published:
         stars = sum(sum(p.values()) for p in manifest["stars_per_pixel"].values())
         print(f"{'*' if manifest['latest'] else ' '} {manifest['version']}  config "
               f"{manifest['config_sha256'][:12]}  code {manifest['code_version']}  "
               f"{stars:,} stars  finished {manifest['finished']}")
+    current = store.latest()
+    if current is not None:
+        print(f"latest: {store.uri(current)}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,7 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
     publish = commands.add_parser("publish", help="regenerate into a new immutable version "
                                   "and switch `latest` to it atomically")
     _config_arguments(publish)
-    publish.add_argument("--out", type=Path, required=True, help="release root folder")
+    publish.add_argument("--out", required=True,
+                         help="release root: a folder, or s3://BUCKET/PREFIX")
+    publish.add_argument("--staging", type=Path, help="with s3:// only: where the run writes "
+                         "before the upload, a folder every Ray node shares")
     publish.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or local)")
     publish.add_argument("--name", help="catalog name (default: the config file's stem)")
     publish.add_argument("--keep", type=int, default=5, help="versions to retain (default 5)")
@@ -114,7 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     publish.set_defaults(handler=_publish)
     versions_parser = commands.add_parser("versions", help="list published versions, or "
                                           "point `latest` back at one")
-    versions_parser.add_argument("folder", type=Path, help="ROOT/<name> of `gflow publish`")
+    versions_parser.add_argument("folder", help="ROOT/<name> of `gflow publish` (a folder, "
+                                 "or s3://BUCKET/PREFIX/<name>)")
     versions_parser.add_argument("--rollback", metavar="VERSION",
                                  help="switch `latest` to this version")
     versions_parser.set_defaults(handler=_versions)

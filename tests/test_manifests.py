@@ -283,6 +283,37 @@ def test_each_command_has_a_self_contained_rayjob(rendered):
             assert job["metadata"]["labels"]["gflow.io/job"] == stage
 
 
+def _shared_writable_mounts(cluster_spec: dict[str, Any]) -> list[set[str]]:
+    """For the head and each worker group: mount paths of writable persistent volumes."""
+    pods = [cluster_spec["headGroupSpec"]["template"]["spec"]]
+    pods += [group["template"]["spec"] for group in cluster_spec["workerGroupSpecs"]]
+    found = []
+    for pod in pods:
+        claims = {v["name"] for v in pod["volumes"] if "persistentVolumeClaim" in v}
+        container = pod["containers"][0]  # the Ray container; KubeRay's sidecars follow
+        found.append({m["mountPath"] for m in container["volumeMounts"]
+                      if m["name"] in claims and not m.get("readOnly", False)})
+    return found
+
+
+def test_jobs_write_only_to_the_shared_volume_or_the_bucket(rendered):
+    """Every folder an entrypoint writes to is on the shared volume of every Ray pod."""
+    parser = build_parser()
+    for overlay, resources in rendered.items():
+        jobs = [r for r in _applied(resources) if r["kind"] in ("RayJob", "RayCronJob")]
+        assert len(jobs) == len(STAGES) + 2
+        for job in jobs:
+            spec = job["spec"].get("jobTemplate", job["spec"])
+            args = parser.parse_args(shlex.split(spec["entrypoint"])[1:])
+            folders = [str(f) for f in (args.out, getattr(args, "staging", None))
+                       if f is not None and not str(f).startswith("s3://")]
+            assert folders, f"{overlay} {job['metadata']}: writes nowhere"
+            for mounts in _shared_writable_mounts(spec["rayClusterSpec"]):
+                for folder in folders:
+                    assert any(Path(folder).is_relative_to(m) for m in mounts), \
+                        f"{overlay}: {folder} is not on the shared volume ({mounts})"
+
+
 def test_run_config_is_mounted_and_valid(rendered):
     base_config = (DEPLOY / "k8s" / "base" / "run.yaml").read_text()
     assert base_config == (REPO / "configs" / "mock.yaml").read_text()
@@ -326,7 +357,9 @@ def test_scheduled_regeneration(rendered):
         command = shlex.split(template["spec"]["entrypoint"])
         assert command[:3] == ["gflow", "publish", CONFIG_PATH]
         published = build_parser().parse_args(command[1:])
-        assert published.out.is_absolute() and published.name
+        assert published.name
+        assert published.out.startswith(("/", "s3://"))
+        assert (published.staging is not None) == published.out.startswith("s3://")
         assert template["spec"]["rayClusterSpec"] == _one(resources, "RayCluster")["spec"]
         assert cron["spec"]["concurrencyPolicy"] == "Forbid"
         pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
