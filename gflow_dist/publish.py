@@ -36,6 +36,7 @@ Runner = Callable[[RunConfig, Path], None]
 
 
 def code_version() -> str:
+    """The installed gflow-dist version, which a no-op rerun must match."""
     return versions()["gflow-dist"]
 
 

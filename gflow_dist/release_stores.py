@@ -193,7 +193,9 @@ class S3Store:
         try:
             self._put_json(key, {"owner": _lock_owner()}, IfNoneMatch="*")
         except self.client.exceptions.ClientError as error:
-            if error.response["Error"]["Code"] not in ("PreconditionFailed", "412"):
+            # 412: the lock exists; 409: another conditional PUT of it is in flight.
+            if error.response["Error"]["Code"] not in ("PreconditionFailed",
+                                                       "ConditionalRequestConflict"):
                 raise
             owner = (self._get_json(key) or {}).get("owner", "owner unknown")
             raise GflowError(f"another publish holds s3://{self.bucket}/{key} ({owner}); wait "
