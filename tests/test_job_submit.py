@@ -132,8 +132,8 @@ def test_gflow_run_submitted_as_a_ray_job_with_the_token_writes_its_outputs(head
                      "--working-dir", ".", "--runtime-env-json", EXCLUDES)
     logs = result.stdout + result.stderr
     assert result.returncode == 0, logs[-4000:]
-    assert "succeeded" in logs and "enbid: 2,000 stars" in logs
-    assert pq.read_table(out / "samples" / "enbid").num_rows == 2000
+    assert "succeeded" in logs and "enbid: HATS catalog of 2,000 stars" in logs
+    assert pq.read_table(out / "catalog" / "enbid" / "hats" / "dataset").num_rows == 2000
     assert (out / "catalog" / "enbid" / "hats" / "hats.properties").exists()
     assert (out / "models" / "enbid" / "spec.json").exists()
     assert json.loads((out / "run.json").read_text())["seed"] == "0"

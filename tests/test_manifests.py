@@ -31,6 +31,8 @@ REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
 OVERLAYS = ("cpu-local", "gpu")
 STAGES = ("train", "sample", "evaluate", "run")
+COMMANDS = {"train": "train", "sample": "catalog", "evaluate": "evaluate", "run": "run"}
+"""The gflow command of each stage's RayJob: the cluster samples in shards, into the catalog."""
 CONFIG_PATH = "/etc/gflow/run.yaml"
 SECURITY = {"runAsNonRoot": True, "runAsUser": 1000, "allowPrivilegeEscalation": False,
             "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}}
@@ -274,7 +276,7 @@ def test_each_command_has_a_self_contained_rayjob(rendered):
             job = _one(resources, "RayJob", f"gflow-{stage}")
             spec = job["spec"]
             args = shlex.split(spec["entrypoint"])
-            assert args[:3] == ["gflow", stage, CONFIG_PATH] and "--out" in args
+            assert args[:3] == ["gflow", COMMANDS[stage], CONFIG_PATH] and "--out" in args
             assert parser.parse_args(args[1:]).out == Path("/data/runs/main")
             assert spec["shutdownAfterJobFinishes"] is True
             assert spec["ttlSecondsAfterFinished"] > 0 and spec["backoffLimit"] >= 1

@@ -1,7 +1,8 @@
 """The gflow command end to end on a real local Ray cluster, with real Parquet files.
 
 ``gflow run`` trains a 2-member CNF ensemble in Ray actors and simplified EnBiD, draws
-sharded HATS/Zarr catalogs with Ray Data, and scores the multi-model test on Ray.
+sharded HATS/Zarr catalogs with Ray Data, and scores the multi-model test on Ray; then
+``gflow sample`` writes the same stars as flat Parquet files.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ SMALL_RUN = [
     "--set", "galaxy.mock.n_particles=1500", "--set", "cnf.ensemble_size=2",
     "--set", "cnf.max_epochs=2", "--set", "cnf.patience=1", "--set", "cnf.compile=false",
     "--set", "cnf.solver_steps=4", "--set", "sample.total=5000", "--set", "sample.batch_size=2048",
+    "--set", "sample.shard_size=2000",
     "--set", "evaluate.samples_per_particle=4", "--set", "evaluate.hidden_units=[64, 32]",
     "--set", "evaluate.batches_per_epoch=5", "--set", "evaluate.max_epochs=2",
     "--set", "evaluate.patience=1", "--set", "catalog.max_rows_per_partition=1000",
@@ -38,6 +40,8 @@ SMALL_RUN = [
 def finished_run(ray_cluster, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
     assert main(["run", "configs/mock.yaml", "--out", str(out), *SMALL_RUN]) == 0
+    assert not (out / "samples").exists(), "the main job draws the stars once, in the catalog"
+    assert main(["sample", "configs/mock.yaml", "--out", str(out), *SMALL_RUN]) == 0
     return out
 
 
@@ -57,14 +61,28 @@ def test_run_writes_particles_models_and_samples(finished_run):
     assert manifest["rows"] == 5000
     table = pq.read_table(out / "samples" / "cnf")
     assert table.num_rows == 5000
-    assert table.column_names == ["x", "y", "z", "vx", "vy", "vz"]
+    assert table.column_names == ["star_id", "x", "y", "z", "vx", "vy", "vz"]
     assert table.schema.field("vx").metadata[b"unit"] == b"km/s"
     metadata = json.loads(table.schema.metadata[b"gflow_dist"])
     assert json.loads(metadata["sun_position_kpc"]) == [-8.0, 0.0, 0.02]
     assert metadata["seed"] == "0" and "torch" in json.loads(metadata["versions"])
-    stars = np.column_stack([table.column(c).to_numpy() for c in table.column_names])
+    stars = np.column_stack([table.column(c).to_numpy() for c in table.column_names[1:]])
     assert (np.linalg.norm(stars[:, :3] - [-8.0, 0.0, 0.02], axis=1) < 3.5).all()
     assert not any(p.name.startswith(".") for p in (out / "samples").iterdir())
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("name", ["cnf", "enbid"])
+def test_samples_are_the_catalogs_stars(finished_run, name):
+    """`gflow sample` (one process) and the catalog (Ray actors) draw the same stars."""
+    columns = ["star_id", "x", "y", "z", "vx", "vy", "vz"]
+    sample = pq.read_table(finished_run / "samples" / name).to_pandas()
+    catalog = (dd.read_parquet(finished_run / "catalog" / name / "hats" / "dataset",
+                               columns=columns).compute()
+               .sort_values("star_id").reset_index(drop=True))
+    assert list(sample["star_id"]) == list(range(5000)) == list(catalog["star_id"])
+    np.testing.assert_allclose(sample[columns[1:]].to_numpy(),
+                               catalog[columns[1:]].to_numpy(), rtol=1e-6, atol=1e-9)
 
 
 @pytest.mark.ray
@@ -119,12 +137,14 @@ def test_query_and_plot_commands(finished_run, tmp_path, capsys):
 def test_rerun_is_idempotent(finished_run, capsys):
     out = finished_run
     weights = (out / "models/cnf/member-00.pt").stat().st_mtime_ns
-    part = out / "samples/cnf/part-00000.parquet"
-    before = part.read_bytes(), part.stat().st_mtime_ns
-    assert main(["run", "configs/mock.yaml", "--out", str(out), *SMALL_RUN]) == 0
+    written = [out / "samples/cnf/part-00000.parquet",
+               *sorted((out / "catalog/cnf/hats/dataset").rglob("*.parquet"))]
+    before = [(p.read_bytes(), p.stat().st_mtime_ns) for p in written]
+    for command in ("run", "sample"):
+        assert main([command, "configs/mock.yaml", "--out", str(out), *SMALL_RUN]) == 0
     assert "already trained" in capsys.readouterr().out
     assert (out / "models/cnf/member-00.pt").stat().st_mtime_ns == weights
-    assert (part.read_bytes(), part.stat().st_mtime_ns) == before
+    assert [(p.read_bytes(), p.stat().st_mtime_ns) for p in written] == before
 
 
 @pytest.mark.ray

@@ -1,14 +1,15 @@
-"""Job entrypoints: ingest → train → sample → catalog → evaluate, each a function of (config, out).
+"""Job entrypoints: ingest → train → sample → catalog → evaluate, functions of (config, out).
 
 Output layout under ``out``:
 
 - ``particles/train.parquet``, ``particles/test.parquet``, ``particles/summary.json``;
 - ``models/<name>/``: a saved upsampler (``spec.json`` + weights) and ``training/``
   (per-member checkpoints and loss curves);
-- ``samples/<name>/``: the upsampled stars as Parquet parts with a manifest;
 - ``catalog/<name>/hats/`` (HATS Parquet: lsdb, Dask) and ``catalog/<name>/stars.zarr``
   (xarray): stars drawn in seeded shards on Ray with their observables, partitioned by
-  HEALPix (the shards' seeds differ from ``samples/<name>``'s single-stream draw);
+  HEALPix;
+- ``samples/<name>/``, written by ``gflow sample`` only: the same stars (same star_id,
+  same shards) as flat Parquet parts of x…vz, drawn in one process;
 - ``figures/<name>/``: the paper's figures from each catalog;
 - ``report.json``, ``report.md`` and figures: the evaluation (classifier tests, truth
   scores) of the upsamplers;
@@ -42,6 +43,7 @@ from gflow_dist.distributed.sharded_catalog import write_sharded_catalog
 from gflow_dist.distributed.training import ray_member_runner
 from gflow_dist.evaluate.report import evaluate
 from gflow_dist.provenance import run_metadata
+from gflow_dist.sample.shards import ShardPlan
 from gflow_dist.sample.writer import write_samples
 from gflow_dist.upsamplers import model_hash
 from gflow_dist.upsamplers.base import SPEC_FILE, Upsampler
@@ -121,13 +123,16 @@ def sample_count(config: RunConfig, n_train: int) -> int:
 
 
 def run_sample(config: RunConfig, out: Path) -> None:
-    """Draw and publish each upsampler's stars under ``out/samples/<name>``."""
+    """Draw and publish each upsampler's stars under ``out/samples/<name>``, in this process.
+
+    The catalog's stars, as a flat file: the same shard plan, seeds and star_ids.
+    """
     models = run_train(config, out)
     train, _ = read_ingested(out)
-    n = sample_count(config, len(train))
+    plan = ShardPlan(sample_count(config, len(train)), config.sample.shard_size, config.seed)
     for name, model in models.items():
         metadata = run_metadata(config) | {"model_sha256": model_hash(out / "models" / name)}
-        manifest = write_samples(model, n, config.seed, out / "samples" / name, metadata,
+        manifest = write_samples(model, plan, out / "samples" / name, metadata,
                                  config.sample.batch_size)
         _echo(f"{name}: {manifest['rows']:,} stars (rejection rate "
               f"{manifest['rejection_rate']:.2%}) -> {out / 'samples' / name}")
@@ -184,10 +189,13 @@ def run_evaluate(config: RunConfig, out: Path) -> None:
 
 
 def run_all(config: RunConfig, out: Path) -> None:
-    """The main job: ingest → train → sample → catalog → evaluate."""
+    """The main job: ingest → train → catalog → evaluate.
+
+    The catalog stage draws the stars, in shards on the cluster; ``gflow sample`` writes
+    the same stars as a flat file in one process, so the main job leaves it out.
+    """
     write_run_record(config, out)
     run_ingest(config, out)
-    run_sample(config, out)
     run_catalog(config, out)
     if config.evaluate.enabled:
         run_evaluate(config, out)
