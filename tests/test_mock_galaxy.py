@@ -16,11 +16,14 @@ from gflow_dist.data.particles import ParticleSet
 from gflow_dist.errors import ConfigError
 
 DEFAULT = MockGalaxy()
-# Off-axis Sun, small sphere, halo-heavy, rotating halo, constant dispersions.
+# Off-axis Sun, small sphere, halo-heavy, rotating halo, constant dispersions, a heavier
+# and wider stream on another track.
 VARIANT = MockGalaxy(
-    sun_position_kpc=(-6.0, 4.0, 0.3), r_max_kpc=2.0, thin_disk_weight=0.4,
+    sun_position_kpc=(-6.0, 4.0, 0.3), r_max_kpc=2.0, thin_disk_weight=0.39,
     thick_disk_weight=0.2, moving_group_weight=0.1, halo_weight=0.3, halo_rotation_kms=40.0,
-    thin_disk_dispersion_scale_kpc=math.inf,
+    thin_disk_dispersion_scale_kpc=math.inf, stream_weight=0.01,
+    stream_point_kpc=(-6.2, 4.4, 0.1), stream_direction=(0.6, -0.2, -0.3),
+    stream_width_kpc=0.12, stream_speed_kms=180.0, stream_dispersion_kms=5.0,
 )
 GALAXIES = {"default": DEFAULT, "variant": VARIANT}
 
@@ -30,25 +33,59 @@ def _log_normal(v: np.ndarray, mean: np.ndarray, sigma: float) -> np.ndarray:
     return -0.5 * chi2 - 3 * math.log(sigma) - 1.5 * math.log(2 * math.pi)
 
 
+def _stream_frame(galaxy: MockGalaxy) -> tuple[np.ndarray, float]:
+    """The stream's unit axis and the Sun's coordinate along it (from its point)."""
+    axis = np.asarray(galaxy.stream_direction) / np.linalg.norm(galaxy.stream_direction)
+    sun_along = float((np.asarray(galaxy.sun_position_kpc) - galaxy.stream_point_kpc) @ axis)
+    return axis, sun_along
+
+
+def _stream_proposal(galaxy: MockGalaxy, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Tube draws: uniform along the stream's axis over ±r_max about the Sun's place on it,
+    Gaussian across it (σ = 1.5 w), velocities N(speed·axis, (2σ_v)²)."""
+    axis, sun_along = _stream_frame(galaxy)
+    along = sun_along + galaxy.r_max_kpc * (2 * rng.random(n) - 1)
+    across = 1.5 * galaxy.stream_width_kpc * rng.standard_normal((n, 3))
+    across -= (across @ axis)[:, None] * axis  # a 2-D Gaussian in the plane across the axis
+    v = galaxy.stream_speed_kms * axis + 2 * galaxy.stream_dispersion_kms * rng.standard_normal(
+        (n, 3))
+    return np.column_stack([galaxy.stream_point_kpc + along[:, None] * axis + across, v])
+
+
+def _stream_proposal_log_q(galaxy: MockGalaxy, rows: np.ndarray) -> np.ndarray:
+    axis, sun_along = _stream_frame(galaxy)
+    relative = rows[:, :3] - galaxy.stream_point_kpc
+    along = relative @ axis
+    across2 = np.sum(relative**2, axis=1) - along**2
+    width = 1.5 * galaxy.stream_width_kpc
+    log_q = np.where(np.abs(along - sun_along) <= galaxy.r_max_kpc,
+                     -math.log(2 * galaxy.r_max_kpc), -np.inf)
+    log_q += -0.5 * across2 / width**2 - math.log(2 * math.pi * width**2)
+    return log_q + _log_normal(rows[:, 3:], galaxy.stream_speed_kms * axis,
+                               2 * galaxy.stream_dispersion_kms)
+
+
 def _proposal(galaxy: MockGalaxy, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Draws from a broad, exactly normalised proposal q covering the sphere, and log q.
 
-    Positions: uniform on the disc under the sphere × z from 0.7·Laplace(0, 0.35 kpc) +
-    0.3·uniform over the sphere's z range. Velocities given position: isotropic Gaussians
+    97 %: positions uniform on the disc under the sphere × z from 0.7·Laplace(0, 0.35 kpc)
+    + 0.3·uniform over the sphere's z range; velocities given position: isotropic Gaussians
     about (v_c − 20)·φ̂ (σ = 35, 70 km/s), about the moving group (σ = 12) and about 0
-    (σ = 160), so that no component of p has much heavier tails than q.
+    (σ = 160), so that no component of p has much heavier tails than q. 3 %: the stream's
+    tube (:func:`_stream_proposal`), which the broad part cannot reach.
     """
-    rng = np.random.default_rng(seed)
-    xs, ys, zs = galaxy.sun_position_kpc
-    r = galaxy.r_max_kpc
-    rho, ang = r * np.sqrt(rng.random(n)), 2 * np.pi * rng.random(n)
-    x, y = xs + rho * np.cos(ang), ys + rho * np.sin(ang)
-    laplace = rng.random(n) < 0.7
-    z = np.where(laplace, rng.laplace(0.0, 0.35, n), rng.uniform(zs - r, zs + r, n))
-    log_qz = np.logaddexp(
-        math.log(0.7) - math.log(2 * 0.35) - np.abs(z) / 0.35,
-        np.where(np.abs(z - zs) <= r, math.log(0.3 / (2 * r)), -np.inf),
-    )
+    broad = _broad_proposal(galaxy, n, seed)
+    rng = np.random.default_rng(seed + 1)
+    from_tube = rng.random(n) < 0.03
+    rows = np.where(from_tube[:, None], _stream_proposal(galaxy, n, rng), broad)
+    log_q = np.logaddexp(math.log(0.97) + _broad_log_q(galaxy, rows),
+                         math.log(0.03) + _stream_proposal_log_q(galaxy, rows))
+    return rows, log_q
+
+
+def _broad_velocity_parts(galaxy: MockGalaxy, x: np.ndarray,
+                          y: np.ndarray) -> list[tuple[float, np.ndarray, float]]:
+    """(weight, mean, σ) of the broad proposal's velocity Gaussians at positions (x, y)."""
     radius = np.hypot(x, y)
     r_hat = np.column_stack([x / radius, y / radius, 0 * x])
     phi_hat = np.column_stack([y / radius, -x / radius, 0 * x])
@@ -56,15 +93,39 @@ def _proposal(galaxy: MockGalaxy, n: int, seed: int) -> tuple[np.ndarray, np.nda
     d_r, d_phi = galaxy.moving_group_velocity_offset_kms
     v_group = galaxy.circular_velocity_kms - galaxy.thin_disk_asymmetric_drift_kms + d_phi
     group = d_r * r_hat + v_group * phi_hat
-    parts = [(0.4, rot, 35.0), (0.3, rot, 70.0), (0.15, group, 12.0), (0.15, 0 * rot, 160.0)]
+    return [(0.4, rot, 35.0), (0.3, rot, 70.0), (0.15, group, 12.0), (0.15, 0 * rot, 160.0)]
+
+
+def _broad_proposal(galaxy: MockGalaxy, n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    xs, ys, zs = galaxy.sun_position_kpc
+    r = galaxy.r_max_kpc
+    rho, ang = r * np.sqrt(rng.random(n)), 2 * np.pi * rng.random(n)
+    x, y = xs + rho * np.cos(ang), ys + rho * np.sin(ang)
+    laplace = rng.random(n) < 0.7
+    z = np.where(laplace, rng.laplace(0.0, 0.35, n), rng.uniform(zs - r, zs + r, n))
+    parts = _broad_velocity_parts(galaxy, x, y)
     choice = rng.choice(len(parts), size=n, p=[p[0] for p in parts])
     v = np.empty((n, 3))
     for k, (_, mean, sigma) in enumerate(parts):
         sel = choice == k
         v[sel] = mean[sel] + sigma * rng.standard_normal((sel.sum(), 3))
-    log_qv = logsumexp([math.log(w) + _log_normal(v, m, s) for w, m, s in parts], axis=0)
-    log_q = -math.log(math.pi * r**2) + log_qz + log_qv
-    return np.column_stack([x, y, z, v]), log_q
+    return np.column_stack([x, y, z, v])
+
+
+def _broad_log_q(galaxy: MockGalaxy, rows: np.ndarray) -> np.ndarray:
+    xs, ys, zs = galaxy.sun_position_kpc
+    r = galaxy.r_max_kpc
+    x, y, z = rows[:, :3].T
+    on_disc = (x - xs) ** 2 + (y - ys) ** 2 <= r**2
+    log_qz = np.logaddexp(
+        math.log(0.7) - math.log(2 * 0.35) - np.abs(z) / 0.35,
+        np.where(np.abs(z - zs) <= r, math.log(0.3 / (2 * r)), -np.inf),
+    )
+    parts = _broad_velocity_parts(galaxy, x, y)
+    log_qv = logsumexp([math.log(w) + _log_normal(rows[:, 3:], m, s) for w, m, s in parts],
+                       axis=0)
+    return np.where(on_disc, -math.log(math.pi * r**2), -np.inf) + log_qz + log_qv
 
 
 @pytest.fixture(scope="module", params=list(GALAXIES))
@@ -146,7 +207,7 @@ def test_sample_shape_sphere_and_determinism() -> None:
 
 def test_thin_disk_rotates_toward_plus_y_at_the_sun() -> None:
     thin = MockGalaxy(thin_disk_weight=1.0, thick_disk_weight=0.0, moving_group_weight=0.0,
-                      halo_weight=0.0)
+                      halo_weight=0.0, stream_weight=0.0)
     s = thin.sample(40_000, seed=1)
     near = s[np.linalg.norm(s[:, :3] - thin.sun_position_kpc, axis=1) < 0.5]
     expected = thin.circular_velocity_kms - thin.thin_disk_asymmetric_drift_kms
@@ -166,7 +227,7 @@ def test_moving_group_raises_density_at_its_velocity() -> None:
     v_phi = DEFAULT.circular_velocity_kms - DEFAULT.thin_disk_asymmetric_drift_kms - 50.0
     sun = list(DEFAULT.sun_position_kpc)
     rows = np.array([sun + [-30.0, v_phi, 0.0], sun + [30.0, v_phi, 0.0]])  # v_R = −v_x here
-    no_group = MockGalaxy(thin_disk_weight=0.83, moving_group_weight=0.0)
+    no_group = MockGalaxy(thin_disk_weight=0.828, moving_group_weight=0.0)
     with_group, without = DEFAULT.log_prob(rows), no_group.log_prob(rows)
     assert with_group[0] - with_group[1] > 1.0
     assert without[0] == pytest.approx(without[1], abs=1e-9)
@@ -213,8 +274,60 @@ def test_particles_mass_and_provenance() -> None:
         ({"thin_disk_weight": 0.9, "halo_weight": -0.1}, "halo_weight"),
         ({"thin_disk_dispersion_scale_kpc": 0.0}, "thin_disk_dispersion_scale_kpc"),
         ({"circular_velocity_kms": "fast"}, "circular_velocity_kms"),
+        ({"stream_direction": (0.0, 0.0, 0.0)}, "stream_direction"),
+        ({"stream_point_kpc": (-8.0, 3.4, 0.0)}, "stream_point_kpc"),
+        ({"stream_dispersion_kms": -1.0}, "stream_dispersion_kms"),
     ],
 )
 def test_bad_parameters_raise_config_error(kwargs: dict, field: str) -> None:
     with pytest.raises(ConfigError, match=field):
         MockGalaxy(**kwargs)
+
+
+@pytest.mark.parametrize("galaxy", [DEFAULT, VARIANT])
+def test_stream_normaliser_matches_monte_carlo(galaxy: MockGalaxy) -> None:
+    """Z of the stream's tube against the share of tube draws inside the sphere.
+
+    Draws uniform along ±r_max of the axis about the Sun's place on it and Gaussian across
+    it (σ = w) have density exp(−d⊥²/2w²)/(2π w² · 2 r_max) along the tube, so
+    Z = 2π w² · 2 r_max · P(inside).
+    """
+    rng = np.random.default_rng(4)
+    axis, sun_along = _stream_frame(galaxy)
+    n, r, w = 2_000_000, galaxy.r_max_kpc, galaxy.stream_width_kpc
+    along = sun_along + r * (2 * rng.random(n) - 1)
+    across = w * rng.standard_normal((n, 3))
+    across -= (across @ axis)[:, None] * axis
+    points = galaxy.stream_point_kpc + along[:, None] * axis + across
+    inside = np.mean(np.sum((points - galaxy.sun_position_kpc) ** 2, axis=1) <= r**2)
+    z_mc = 2 * math.pi * w**2 * 2 * r * inside
+    stderr = 2 * math.pi * w**2 * 2 * r * math.sqrt(inside * (1 - inside) / n)
+    assert math.exp(galaxy.stream_log_normaliser()) == pytest.approx(z_mc, abs=4 * stderr)
+    assert galaxy.stream_log_normaliser(96) == pytest.approx(galaxy.stream_log_normaliser(),
+                                                             abs=1e-12)
+
+
+def test_components_are_labelled_and_sum_to_the_density() -> None:
+    """Each component's draws sit where its responsibility dominates; the stream is cold."""
+    assert DEFAULT.component_names == ("thin_disk", "thick_disk", "moving_group", "halo",
+                                       "stream")
+    rows = DEFAULT.sample(5000, seed=8)
+    np.testing.assert_allclose(logsumexp(DEFAULT.component_log_probs(rows), axis=0),
+                               DEFAULT.log_prob(rows), rtol=0, atol=1e-12)
+    stream = DEFAULT.sample_component("stream", 20_000, seed=2)
+    responsibility = np.exp(DEFAULT.component_log_probs(stream)[-1] - DEFAULT.log_prob(stream))
+    assert np.median(responsibility) > 0.999
+    axis, _ = _stream_frame(DEFAULT)
+    np.testing.assert_allclose(stream[:, 3:].mean(axis=0), DEFAULT.stream_speed_kms * axis,
+                               atol=0.2)
+    assert stream[:, 3:].std(axis=0) == pytest.approx([DEFAULT.stream_dispersion_kms] * 3,
+                                                      rel=0.03)
+    relative = stream[:, :3] - DEFAULT.stream_point_kpc
+    across = np.sqrt(np.sum(relative**2, axis=1) - (relative @ axis) ** 2)
+    # The distance from the axis of a 2-D Gaussian: E d² = 2 w².
+    assert np.mean(across**2) == pytest.approx(2 * DEFAULT.stream_width_kpc**2, rel=0.03)
+    assert np.linalg.norm(stream[:, :3] - DEFAULT.sun_position_kpc, axis=1).max() <= 3.5
+    counts = np.bincount(np.argmax(DEFAULT.component_log_probs(rows), axis=0), minlength=5)
+    assert 0 < counts[-1] < 40  # 0.2 % of 5000 stars
+    with pytest.raises(ValueError, match="no component"):
+        DEFAULT.sample_component("bulge", 10, seed=0)
