@@ -103,6 +103,15 @@ class CNFConfig(_Frozen):
     compile: StrictBool = Field(
         True, description="train through torch.compile (faster, ~30 s to build)"
     )
+    objective: Literal["likelihood", "flow_matching"] = Field(
+        "likelihood", description="'likelihood' is the paper's maximum likelihood through the "
+        "RK4 solve; 'flow_matching' regresses the same vector field onto straight paths "
+        "from the base (one field evaluation per point); sampling and densities are the same"
+    )
+    likelihood_finetune_epochs: StrictInt = Field(
+        0, ge=0, description="after flow matching, train by likelihood for at most this many "
+        "epochs per phase (0: none)"
+    )
 
 
 class EnbidConfig(_Frozen):
@@ -202,8 +211,12 @@ class EvaluateConfig(_Frozen):
         True, description="also the binary particles-vs-upsampler AUC of §5.2 (secondary)"
     )
     truth: StrictBool = Field(
-        True, description="KL(truth ‖ model) and the AUC against fresh truth draws when the "
-        "galaxy's density is known (the mock galaxy)"
+        True, description="KL(truth ‖ model), per component too, when the galaxy's density "
+        "is known (the mock galaxy)"
+    )
+    truth_auc: StrictBool = Field(
+        True, description="with truth: also the AUC of a classifier of fresh truth draws "
+        "against each upsampler's stars (one more classifier per upsampler)"
     )
 
 

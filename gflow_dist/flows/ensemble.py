@@ -27,8 +27,10 @@ import torch
 from gflow_dist.data.particles import ParticleSet
 from gflow_dist.errors import GflowError
 from gflow_dist.flows.member import (
+    PAPER_OBJECTIVE,
     WEIGHTS_FILE,
     FlowArchitecture,
+    FlowObjective,
     MemberFlows,
     default_device,
     train_member,
@@ -56,6 +58,7 @@ class FlowEnsemble(Upsampler):
         validation_fraction: held-out share for early stopping (paper: 0.2).
         max_train_particles: fit on a seeded random subset of at most this many train
             particles (a budget for demos); None uses them all.
+        objective: what the members' flows minimise (paper: the likelihood).
     """
 
     architecture_type: ClassVar[type[Any]]
@@ -64,13 +67,20 @@ class FlowEnsemble(Upsampler):
     compilable: ClassVar[bool] = True
     """Whether the flows can train through ``torch.compile`` (``Recipe.compile``)."""
 
+    flow_matchable: ClassVar[bool] = True
+    """Whether the flows can train by flow matching (``FlowObjective.kind``)."""
+
     def __init__(self, sun_position_kpc: Sequence[float], r_max_kpc: float,
                  architecture: FlowArchitecture | None = None, recipe: Recipe = PAPER_RECIPE,
                  ensemble_size: int = 10, validation_fraction: float = 0.2,
-                 max_train_particles: int | None = None) -> None:
+                 max_train_particles: int | None = None,
+                 objective: FlowObjective = PAPER_OBJECTIVE) -> None:
         if recipe.compile and not self.compilable:
             raise GflowError(f"{self.kind}: these flows have no torch.compile path; "
                              "train them with Recipe(compile=False)")
+        if objective.kind == "flow_matching" and not self.flow_matchable:
+            raise GflowError(f"{self.kind}: these flows have no vector field to train by "
+                             "flow matching; train them by likelihood")
         self.sun_position_kpc = tuple(float(v) for v in sun_position_kpc)
         self.r_max_kpc = float(r_max_kpc)
         self.architecture = architecture if architecture is not None else self.architecture_type()
@@ -78,6 +88,7 @@ class FlowEnsemble(Upsampler):
         self.ensemble_size = ensemble_size
         self.validation_fraction = validation_fraction
         self.max_train_particles = max_train_particles
+        self.objective = objective
         self.window = SelectionWindow(self.sun_position_kpc, self.r_max_kpc)
         self.preprocessor: Preprocessor | None = None
         self.members: list[MemberFlows] = []
@@ -103,7 +114,7 @@ class FlowEnsemble(Upsampler):
             jobs = [dict(positions=positions, velocities=velocities,
                          architecture=self.architecture, recipe=self.recipe,
                          validation_fraction=self.validation_fraction, seed=member_seed,
-                         directory=root / f"member-{index:02d}")
+                         directory=root / f"member-{index:02d}", objective=self.objective)
                     for index, member_seed in enumerate(self.seeds)]
             directories = runner(train_member, jobs)
             self.members = [MemberFlows.load(self.architecture, d / WEIGHTS_FILE, self.device)
@@ -157,6 +168,7 @@ class FlowEnsemble(Upsampler):
         return {
             "architecture": asdict(self.architecture),
             "recipe": asdict(self.recipe),
+            "objective": asdict(self.objective),
             "ensemble_size": self.ensemble_size,
             "validation_fraction": self.validation_fraction,
             "max_train_particles": self.max_train_particles,
@@ -176,7 +188,7 @@ class FlowEnsemble(Upsampler):
         model = cls(window["sun_position_kpc"], window["r_max_kpc"],
                     cls.architecture_type(**spec["architecture"]), Recipe(**spec["recipe"]),
                     spec["ensemble_size"], spec["validation_fraction"],
-                    spec["max_train_particles"])
+                    spec["max_train_particles"], FlowObjective(**spec.get("objective", {})))
         model.window = SelectionWindow(model.sun_position_kpc, model.r_max_kpc,
                                        window["max_speed_kms"])
         model.preprocessor = Preprocessor.from_dict(spec["preprocessor"])

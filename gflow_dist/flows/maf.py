@@ -78,6 +78,7 @@ class MAFUpsampler(FlowEnsemble):
     kind = "maf"
     architecture_type = MAFArchitecture
     compilable = False
+    flow_matchable = False
 
     @classmethod
     def from_config(cls, config: RunConfig) -> MAFUpsampler:

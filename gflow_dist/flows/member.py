@@ -17,16 +17,19 @@ References:
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from gflow_dist.flows.cnf import ContinuousFlow
-from gflow_dist.flows.training import Recipe, train, validation_split
+from gflow_dist.flows.flow_matching import flow_matching_loss
+from gflow_dist.flows.training import EpochHook, History, Recipe, train, validation_split
 
 WEIGHTS_FILE = "weights.pt"
 HISTORY_FILE = "history.json"
@@ -53,6 +56,26 @@ class Architecture:
     def build(self, context_dim: int) -> ContinuousFlow:
         """A fresh 3-D flow, conditioned on ``context_dim`` extra inputs."""
         return ContinuousFlow(3, context_dim, **asdict(self))
+
+
+@dataclass(frozen=True)
+class FlowObjective:
+    """What a member's flows minimise.
+
+    Attributes:
+        kind: ``likelihood``, the paper's negative log-likelihood through the RK4 solve
+            (§3.3), or ``flow_matching``, the simulation-free regression of
+            :mod:`gflow_dist.flows.flow_matching` (CNF only).
+        likelihood_finetune_epochs: after flow matching, train by likelihood for at most
+            this many epochs per phase of the recipe (0: none).
+    """
+
+    kind: Literal["likelihood", "flow_matching"] = "likelihood"
+    likelihood_finetune_epochs: int = 0
+
+
+PAPER_OBJECTIVE = FlowObjective()
+"""Maximum likelihood, as the paper trains (§3.3)."""
 
 
 @dataclass
@@ -99,10 +122,48 @@ def _negative_log_likelihood(flow: nn.Module, data: Tensor,
     return -flow.log_prob(data, context).mean()
 
 
+FINETUNE_STAGE = "likelihood_finetune"
+"""Names the phases of the likelihood fine-tune after flow matching."""
+
+
+def _train_flow(flow: nn.Module, fit: tuple[Tensor, Tensor | None],
+                validation: tuple[Tensor, Tensor | None], recipe: Recipe,
+                objective: FlowObjective, seed: int, checkpoint: Path, label: str,
+                after_epoch: EpochHook | None) -> History:
+    """Train one flow by its objective; flow matching may end with a likelihood fine-tune.
+
+    Each stage has its own checkpoint file, so an interrupted training resumes in the stage
+    it stopped in. The returned history prefixes the phases with their stage when there are
+    two, and its best validation loss is the last stage's.
+    """
+    if objective.kind == "likelihood":
+        return train(flow, _negative_log_likelihood, *fit, *validation, recipe, seed,
+                     checkpoint, label, after_epoch)
+    matched = train(flow, flow_matching_loss, *fit, *validation, recipe, seed, checkpoint,
+                    f"{label} flow matching", after_epoch)
+    if objective.likelihood_finetune_epochs == 0:
+        return matched
+
+    def after_finetune_epoch(model: nn.Module, phase: str, epoch: int) -> None:
+        if after_epoch is not None:
+            after_epoch(model, f"{FINETUNE_STAGE} {phase}", epoch)
+
+    finetune = replace(recipe, max_epochs=objective.likelihood_finetune_epochs)
+    tuned = train(flow, _negative_log_likelihood, *fit, *validation, finetune, seed,
+                  checkpoint.with_name(f"{checkpoint.stem}-finetune{checkpoint.suffix}"),
+                  f"{label} likelihood fine-tune", after_finetune_epoch)
+    stages = {"flow_matching": matched, FINETUNE_STAGE: tuned}
+    return History(*({f"{stage} {phase}": curve for stage, history in stages.items()
+                      for phase, curve in getattr(history, curves).items()}
+                     for curves in ("train", "validation")),
+                   tuned.best_validation)
+
+
 def train_member(positions: np.ndarray, velocities: np.ndarray, architecture: FlowArchitecture,
                  recipe: Recipe, validation_fraction: float, seed: int,
                  directory: str | Path, device: str | None = None,
-                 label: str | None = None) -> Path:
+                 label: str | None = None, objective: FlowObjective = PAPER_OBJECTIVE,
+                 after_epoch: Callable[[str, nn.Module, str, int], None] | None = None) -> Path:
     """Train one member on preprocessed train rows and write it to ``directory``.
 
     Args:
@@ -115,6 +176,9 @@ def train_member(positions: np.ndarray, velocities: np.ndarray, architecture: Fl
         directory: where checkpoints, weights and loss curves go.
         device: 'cpu', 'cuda', or None for :func:`default_device`.
         label: names the member in progress lines; None uses ``seed <seed>``.
+        objective: what the flows minimise (paper: the likelihood).
+        after_epoch: called after every epoch with the flow's name (``position`` or
+            ``velocity``), the flow, the phase and the epoch (benchmarks use it).
 
     Returns:
         ``directory``, holding ``weights.pt`` and ``history.json``.
@@ -138,11 +202,13 @@ def train_member(positions: np.ndarray, velocities: np.ndarray, architecture: Fl
         for flow in (member.position, member.velocity):
             flow.field.compile = True
     label = label or f"seed {seed}"
+    flows = {"position": (member.position, (r_fit, None), (r_val, None), seed, "p(r)"),
+             "velocity": (member.velocity, (v_fit, r_fit), (v_val, r_val), seed + 1, "p(v|r)")}
     histories = {
-        "position": train(member.position, _negative_log_likelihood, r_fit, None, r_val, None,
-                          recipe, seed, directory / "position.ckpt", f"{label} p(r)"),
-        "velocity": train(member.velocity, _negative_log_likelihood, v_fit, r_fit, v_val, r_val,
-                          recipe, seed + 1, directory / "velocity.ckpt", f"{label} p(v|r)"),
+        name: _train_flow(flow, fit, validation, recipe, objective, flow_seed,
+                          directory / f"{name}.ckpt", f"{label} {title}",
+                          None if after_epoch is None else partial(after_epoch, name))
+        for name, (flow, fit, validation, flow_seed, title) in flows.items()
     }
     (directory / HISTORY_FILE).write_text(
         json.dumps({name: h.to_dict() for name, h in histories.items()}, indent=1)

@@ -7,8 +7,10 @@ for ``patience`` epochs (50); then a restart from the best state at the refineme
 
 After every epoch the whole training state is written to a checkpoint, atomically, so an
 interrupted training resumes where it stopped and loses at most the epoch in flight.
-Minibatch shuffles are derived from (seed, phase, epoch) alone, so a resumed run takes
-exactly the steps an uninterrupted run would have taken.
+Minibatch shuffles, and any noise a loss draws from torch's generator (flow matching's
+base draws and times), are derived from (seed, phase, epoch) alone, so a resumed run takes
+exactly the steps an uninterrupted run would have taken; the validation loss draws the
+same noise every epoch, so its epochs compare like with like.
 
 References:
     arXiv:2211.11765, §3.3.
@@ -20,7 +22,8 @@ import copy
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,7 +38,11 @@ PROGRESS_SECONDS = 10.0
 """Least interval between two progress lines of one training phase."""
 
 LossFn = Callable[[nn.Module, Tensor, Tensor | None], Tensor]
-"""Mean negative log-likelihood of a batch (data, context) under a flow."""
+"""The mean loss of a batch (data, context) under a model: a flow's negative
+log-likelihood or flow-matching loss, or a classifier's cross-entropy."""
+
+EpochHook = Callable[[nn.Module, str, int], None]
+"""Called after every epoch with the model, the phase's name and the epoch's index."""
 
 
 @dataclass(frozen=True)
@@ -98,9 +105,23 @@ class _Progress:
                   f"validation {val_loss:.4f}  best {best:.4f}", flush=True)
 
 
-def _evaluate(flow: nn.Module, loss_fn: LossFn, data: Tensor, context: Tensor | None) -> float:
+_VALIDATION_STREAM = 0x76616C
+"""Seeds the noise of every validation pass (a fixed draw for the whole training)."""
+
+
+@contextmanager
+def _torch_seeded(device: torch.device, *key: int) -> Iterator[None]:
+    """Seed torch's generators from ``key`` inside the block, and restore them after it."""
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(int(np.random.SeedSequence(key).generate_state(1)[0]))
+        yield
+
+
+def _evaluate(flow: nn.Module, loss_fn: LossFn, data: Tensor, context: Tensor | None,
+              seed: int) -> float:
     total = 0.0
-    with torch.no_grad():
+    with torch.no_grad(), _torch_seeded(data.device, seed, _VALIDATION_STREAM):
         for start in range(0, len(data), EVAL_BATCH):
             rows = slice(start, start + EVAL_BATCH)
             batch_context = None if context is None else context[rows]
@@ -116,7 +137,7 @@ def _save_atomically(state: dict, path: Path) -> None:
 
 def train(flow: nn.Module, loss_fn: LossFn, data: Tensor, context: Tensor | None,
           validation: Tensor, validation_context: Tensor | None, recipe: Recipe, seed: int,
-          checkpoint: Path, label: str = "flow") -> History:
+          checkpoint: Path, label: str = "flow", after_epoch: EpochHook | None = None) -> History:
     """Train ``flow`` in place and leave it in its best state.
 
     Args:
@@ -128,6 +149,8 @@ def train(flow: nn.Module, loss_fn: LossFn, data: Tensor, context: Tensor | None
         seed: derives every minibatch shuffle.
         checkpoint: file holding the training state; resumed from when it exists.
         label: names the flow in progress lines.
+        after_epoch: called after every epoch, before the checkpoint is written
+            (benchmarks snapshot learning curves with it).
 
     Returns:
         The loss curves of every phase.
@@ -159,15 +182,17 @@ def train(flow: nn.Module, loss_fn: LossFn, data: Tensor, context: Tensor | None
             epoch = len(train_curve)
             rng = np.random.default_rng([seed, phase_index, epoch])
             running = 0.0
-            for rows in np.array_split(rng.permutation(len(data)), batches):
-                index = torch.from_numpy(rows).to(data.device)
-                loss = loss_fn(flow, data[index], None if context is None else context[index])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                running += loss.item() * len(rows)
+            with _torch_seeded(data.device, seed, phase_index, epoch):
+                for rows in np.array_split(rng.permutation(len(data)), batches):
+                    index = torch.from_numpy(rows).to(data.device)
+                    loss = loss_fn(flow, data[index],
+                                   None if context is None else context[index])
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    running += loss.item() * len(rows)
             train_curve.append(running / len(data))
-            val_curve.append(_evaluate(flow, loss_fn, validation, validation_context))
+            val_curve.append(_evaluate(flow, loss_fn, validation, validation_context, seed))
             if val_curve[-1] < history.best_validation:
                 history.best_validation = val_curve[-1]
                 best_state = copy.deepcopy(flow.state_dict())
@@ -176,6 +201,8 @@ def train(flow: nn.Module, loss_fn: LossFn, data: Tensor, context: Tensor | None
                 stale += 1
             done = stale >= recipe.patience or len(train_curve) >= recipe.max_epochs
             progress.report(epoch, train_curve[-1], val_curve[-1], history.best_validation, done)
+            if after_epoch is not None:
+                after_epoch(flow, phase, epoch)
             _save_atomically({
                 "model": flow.state_dict(), "best_model": best_state,
                 "optimizer": optimizer.state_dict(), "phase_index": phase_index,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from gflow_dist.config import RunConfig
 from gflow_dist.flows.ensemble import FlowEnsemble
-from gflow_dist.flows.member import Architecture
+from gflow_dist.flows.member import Architecture, FlowObjective
 from gflow_dist.flows.training import Recipe
 
 
@@ -31,4 +31,5 @@ class CNFUpsampler(FlowEnsemble):
             Recipe(cnf.learning_rate, cnf.refine_learning_rate, cnf.batches_per_epoch,
                    cnf.max_epochs, cnf.patience, cnf.refine, cnf.compile),
             cnf.ensemble_size, cnf.validation_fraction, cnf.max_train_particles,
+            FlowObjective(cnf.objective, cnf.likelihood_finetune_epochs),
         )

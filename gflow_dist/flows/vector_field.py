@@ -86,7 +86,8 @@ class VectorField(nn.Module):
         self.output = nn.Linear(hidden_units, dim)
 
     def forward(self, t: Tensor, y: Tensor, context: Tensor | None = None) -> Tensor:
-        """F(y, t | c) for a batch: y (B, dim), t a 0-d tensor, c (B, context_dim)."""
+        """F(y, t | c) for a batch: y (B, dim), t a 0-d tensor or one time per row (B, 1),
+        c (B, context_dim)."""
         parts = [y, t.to(y.dtype).expand(y.shape[0], 1)]
         if context is not None:
             parts.append(context)
