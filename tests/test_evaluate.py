@@ -20,6 +20,7 @@ from gflow_dist.data.mock import MockGalaxy
 from gflow_dist.data.particles import ParticleSet
 from gflow_dist.evaluate.classifier import ClassifierSettings
 from gflow_dist.evaluate.classifier_tests import multi_model_test, two_sample_auc
+from gflow_dist.evaluate.components import component_scores
 from gflow_dist.evaluate.report import REPORT_JSON, REPORT_MD, evaluate
 from gflow_dist.flows.training import Recipe
 from gflow_dist.sample.window import SelectionWindow
@@ -72,6 +73,7 @@ class JitterUpsampler(TruthUpsampler):
     """Train particles, each moved by a Gaussian of 1 pc and 0.1 km/s."""
 
     kind = "jitter"
+    has_density = False
 
     def fit(self, particles: ParticleSet, seed, workdir=None, runner=None):
         self.particles = particles.phase_space
@@ -150,11 +152,49 @@ def test_evaluate_writes_the_report_with_truth_scores(known_models, mock_split, 
     assert set(kl) == {"truth"}  # the jitter upsampler has no density
     assert abs(kl["truth"]["value"]) < 1e-12  # the truth against itself
     assert report["truth"]["auc"]["jitter"] > report["truth"]["auc"]["truth"]
+    components = report["truth"]["components"]
+    assert list(components["components"]) == list(mock_galaxy_components())
+    assert set(components["kl_nats"]) == {"truth"}
+    assert set(components["reproduced_share"]) == {"truth", "jitter"}
     markdown = (tmp_path / REPORT_MD).read_text()
     assert "| truth |" in markdown and "classifier_histograms.png" in markdown
-    assert (tmp_path / "classifier_histograms.png").stat().st_size > 10_000
+    assert "| stream |" in markdown and "fine_structure.png" in markdown
+    for figure in ("classifier_histograms.png", "fine_structure.png"):
+        assert (tmp_path / figure).stat().st_size > 10_000
     printed = capsys.readouterr().out
     assert "LP(truth) − LP(jitter)" in printed
+
+
+def mock_galaxy_components() -> tuple[str, ...]:
+    return MockGalaxy().component_names
+
+
+def test_component_scores_know_the_answer(mock_galaxy):
+    """The truth scores 0 on every component; a galaxy without the stream scores high on it.
+
+    Both "models" are exact mock galaxies, one with the stream's weight moved to the thin
+    disk. Its stream KL is large, its other components' KL is ln(0.778 / 0.78) on the thin
+    disk and 0 elsewhere, and the weighted sum of component KLs is the total KL.
+    """
+    no_stream = MockGalaxy(SUN, R_MAX, thin_disk_weight=0.78, stream_weight=0.0)
+    models = {"truth": TruthUpsampler(mock_galaxy), "no_stream": TruthUpsampler(no_stream)}
+    stars = {name: model.sample(100_000, seed=1) for name, model in models.items()}
+    scores = component_scores(mock_galaxy, models, stars, seed=0)
+    truth_kl, missing_kl = scores["kl_nats"]["truth"], scores["kl_nats"]["no_stream"]
+    assert all(abs(entry["value"]) < 1e-12 for entry in truth_kl.values())
+    assert missing_kl["stream"]["value"] > 10
+    assert missing_kl["thin_disk"]["value"] == pytest.approx(np.log(0.778 / 0.78), abs=2e-3)
+    for component in ("thick_disk", "moving_group", "halo"):
+        assert abs(missing_kl[component]["value"]) < 2e-3
+    weights = {k: v["weight"] for k, v in scores["components"].items()}
+    total = sum(weights[k] * missing_kl[k]["value"] for k in weights)
+    draws = mock_galaxy.sample(200_000, seed=9)
+    direct = np.mean(mock_galaxy.log_prob(draws) - no_stream.log_prob(draws))
+    assert total == pytest.approx(direct, rel=0.1)
+    for component, share in scores["reproduced_share"]["truth"].items():
+        assert abs(share["value"] - 1) < 4 * share["stderr"], component
+    assert scores["reproduced_share"]["no_stream"]["stream"]["value"] < 0.05
+    assert scores["components"]["stream"]["truth_share"] == pytest.approx(0.002, rel=0.15)
 
 
 def test_cnf_beats_simplified_enbid_like_the_paper(fitted_cnf, mock_split, tmp_path):

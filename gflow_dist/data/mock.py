@@ -265,6 +265,15 @@ class MockGalaxy:
         relative = np.asarray(self.sun_position_kpc) - stream.point
         return float(relative @ stream.axis), stream.across @ relative
 
+    def stream_coordinates(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Positions (n, 3) [kpc] along the stream's axis, from the Sun's place on it, and
+        their distance from the axis [kpc]: the coordinates of a stream-track plot."""
+        stream = self._stream
+        along_sun, _ = self._stream_sun_coordinates(stream)
+        relative = np.asarray(positions) - stream.point
+        across = np.linalg.norm(relative @ stream.across.T, axis=1)
+        return relative @ stream.axis - along_sun, across
+
     def stream_log_normaliser(self, nodes: int = STREAM_QUADRATURE_NODES) -> float:
         """ln Z of the stream [kpc³]: ∫_sphere exp(−d⊥²/2w²) d³x.
 

@@ -1,12 +1,15 @@
-"""Classifier-output histograms like the paper's Figs. 6, A2 and A3.
+"""The evaluation's figures: classifier-output histograms and fine-structure panels.
 
-Each upsampler's held-out stars are histogrammed in the classifier output p(C|x); the test
-particles are overlaid as black markers with 1σ Poisson error bars. A good upsampler's
-histogram lies on the test particles.
+Histograms like the paper's Figs. 6, A2 and A3: each upsampler's held-out stars are
+histogrammed in the classifier output p(C|x); the test particles are overlaid as black
+markers with 1σ Poisson error bars. A good upsampler's histogram lies on the test
+particles. For a labelled truth (the mock galaxy), panels of the moving group and the cold
+stream show whether an upsampler keeps them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import matplotlib
@@ -14,8 +17,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.colors import LogNorm  # noqa: E402
 
+from gflow_dist.data.mock import MockGalaxy  # noqa: E402
 from gflow_dist.evaluate.classifier_tests import MultiModelResult  # noqa: E402
+from gflow_dist.evaluate.components import in_component_region  # noqa: E402
 
 BINS = np.linspace(0.0, 1.0, 41)
 
@@ -50,5 +56,50 @@ def classifier_histograms(result: MultiModelResult, path: Path) -> Path:
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+LOCAL_RADIUS_KPC = 1.0
+"""The vx–vy panels show the stars within this distance of the Sun."""
+
+
+def fine_structure_panels(galaxy: MockGalaxy, stars: Mapping[str, np.ndarray], seed: int,
+                          path: Path) -> Path:
+    """vx–vy near the Sun and the stream's track: the truth and each upsampler side by side.
+
+    Top row: the Galactocentric (vx, vy) of the stars within ``LOCAL_RADIUS_KPC`` of the
+    Sun, where the moving group sits below the disk's rotation (paper Fig. 1). Bottom row:
+    the stars in the stream's region (where it holds most of the density), by place along
+    its axis and distance from it. The truth column has as many fresh draws as the first
+    upsampler has stars.
+    """
+    n = len(next(iter(stars.values())))
+    columns = {"truth": galaxy.sample(n, seed), **stars}
+    figure, axes = plt.subplots(2, len(columns), figsize=(3.8 * len(columns), 7.4),
+                                squeeze=False)
+    v_bins = (np.linspace(-200, 200, 101), np.linspace(0, 400, 101))
+    stream_row = galaxy.component_names.index("stream") if "stream" in galaxy.component_names \
+        else None
+    for column, (name, rows) in enumerate(columns.items()):
+        near = np.linalg.norm(rows[:, :3] - galaxy.sun_position_kpc, axis=1) < LOCAL_RADIUS_KPC
+        top, bottom = axes[0, column], axes[1, column]
+        top.hist2d(rows[near, 3], rows[near, 4], bins=v_bins, norm=LogNorm(), cmap="viridis")
+        top.set(title=f"{name}: {near.sum():,} stars < {LOCAL_RADIUS_KPC:g} kpc",
+                xlabel="vx [km/s]", ylabel="vy [km/s]")
+        if stream_row is None:
+            bottom.set_axis_off()
+            continue
+        in_stream = in_component_region(galaxy, rows)[stream_row]
+        along, across = galaxy.stream_coordinates(rows[in_stream, :3])
+        bottom.scatter(along, across, s=2, alpha=0.5)
+        bottom.set(title=f"{name}: {in_stream.sum():,} stars in the stream's region",
+                   xlabel="along the stream [kpc]", ylabel="from its axis [kpc]",
+                   xlim=(-galaxy.r_max_kpc, galaxy.r_max_kpc),
+                   ylim=(0, 6 * galaxy.stream_width_kpc))
+    figure.suptitle("Fine structure: the moving group (top) and the cold stream (bottom)")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
     plt.close(figure)
     return path

@@ -49,6 +49,9 @@ class Upsampler(ABC):
 
     window: SelectionWindow
 
+    has_density: ClassVar[bool] = True
+    """Whether :meth:`log_prob` gives the density of the stars (every built-in one does)."""
+
     @classmethod
     @abstractmethod
     def from_config(cls, config: RunConfig) -> Upsampler:
