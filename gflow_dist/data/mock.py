@@ -265,6 +265,11 @@ class MockGalaxy:
         relative = np.asarray(self.sun_position_kpc) - stream.point
         return float(relative @ stream.axis), stream.across @ relative
 
+    @property
+    def stream_velocity_kms(self) -> np.ndarray:
+        """The stream's mean Galactocentric velocity (vx, vy, vz) [km/s]."""
+        return self._stream.velocity
+
     def stream_coordinates(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Positions (n, 3) [kpc] along the stream's axis, from the Sun's place on it, and
         their distance from the axis [kpc]: the coordinates of a stream-track plot."""

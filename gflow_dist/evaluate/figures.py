@@ -21,7 +21,6 @@ from matplotlib.colors import LogNorm  # noqa: E402
 
 from gflow_dist.data.mock import MockGalaxy  # noqa: E402
 from gflow_dist.evaluate.classifier_tests import MultiModelResult  # noqa: E402
-from gflow_dist.evaluate.components import in_component_region  # noqa: E402
 
 BINS = np.linspace(0.0, 1.0, 41)
 
@@ -63,6 +62,9 @@ def classifier_histograms(result: MultiModelResult, path: Path) -> Path:
 LOCAL_RADIUS_KPC = 1.0
 """The vx–vy panels show the stars within this distance of the Sun."""
 
+STREAM_WINDOW_KMS = 30.0
+"""The stream-track panels show the stars this close to the stream's mean velocity."""
+
 
 def fine_structure_panels(galaxy: MockGalaxy, stars: Mapping[str, np.ndarray], seed: int,
                           path: Path) -> Path:
@@ -70,34 +72,34 @@ def fine_structure_panels(galaxy: MockGalaxy, stars: Mapping[str, np.ndarray], s
 
     Top row: the Galactocentric (vx, vy) of the stars within ``LOCAL_RADIUS_KPC`` of the
     Sun, where the moving group sits below the disk's rotation (paper Fig. 1). Bottom row:
-    the stars in the stream's region (where it holds most of the density), by place along
-    its axis and distance from it. The truth column has as many fresh draws as the first
-    upsampler has stars.
+    the stars moving within ``STREAM_WINDOW_KMS`` of the stream's mean velocity, by place
+    along its axis and distance from it. The truth column has as many fresh draws as the
+    first upsampler has stars.
     """
     n = len(next(iter(stars.values())))
     columns = {"truth": galaxy.sample(n, seed), **stars}
-    figure, axes = plt.subplots(2, len(columns), figsize=(3.8 * len(columns), 7.4),
+    figure, axes = plt.subplots(2, len(columns), figsize=(4.2 * len(columns), 7.6),
                                 squeeze=False)
     v_bins = (np.linspace(-200, 200, 101), np.linspace(0, 400, 101))
-    stream_row = galaxy.component_names.index("stream") if "stream" in galaxy.component_names \
-        else None
     for column, (name, rows) in enumerate(columns.items()):
         near = np.linalg.norm(rows[:, :3] - galaxy.sun_position_kpc, axis=1) < LOCAL_RADIUS_KPC
         top, bottom = axes[0, column], axes[1, column]
         top.hist2d(rows[near, 3], rows[near, 4], bins=v_bins, norm=LogNorm(), cmap="viridis")
         top.set(title=f"{name}: {near.sum():,} stars < {LOCAL_RADIUS_KPC:g} kpc",
                 xlabel="vx [km/s]", ylabel="vy [km/s]")
-        if stream_row is None:
+        if "stream" not in galaxy.component_names:
             bottom.set_axis_off()
             continue
-        in_stream = in_component_region(galaxy, rows)[stream_row]
-        along, across = galaxy.stream_coordinates(rows[in_stream, :3])
+        comoving = (np.linalg.norm(rows[:, 3:] - galaxy.stream_velocity_kms, axis=1)
+                    < STREAM_WINDOW_KMS)
+        along, across = galaxy.stream_coordinates(rows[comoving, :3])
         bottom.scatter(along, across, s=2, alpha=0.5)
-        bottom.set(title=f"{name}: {in_stream.sum():,} stars in the stream's region",
+        bottom.set(title=f"{name}: {comoving.sum():,} stars comoving with the stream",
                    xlabel="along the stream [kpc]", ylabel="from its axis [kpc]",
                    xlim=(-galaxy.r_max_kpc, galaxy.r_max_kpc),
-                   ylim=(0, 6 * galaxy.stream_width_kpc))
-    figure.suptitle("Fine structure: the moving group (top) and the cold stream (bottom)")
+                   ylim=(0, 2.0))
+    figure.suptitle("Fine structure: the moving group (top) and the cold stream (bottom: "
+                    f"stars within {STREAM_WINDOW_KMS:g} km/s of its mean velocity)")
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=100)
