@@ -32,6 +32,7 @@ from pydantic import (
     model_validator,
 )
 
+from gflow_dist.data.validation import DEFAULT_MAX_SPEED_KMS
 from gflow_dist.errors import ConfigError
 
 
@@ -98,9 +99,9 @@ class GalaxyConfig(_Frozen):
     )
     r_max_kpc: PositiveFloat = Field(3.5, description="selection sphere radius [kpc]")
     max_speed_kms: PositiveFloat = Field(
-        3000.0, lt=SPEED_OF_LIGHT_KMS, description="particles faster than this "
-        "(Galactocentric |v| [km/s]) are refused as corrupt; 3000 km/s is 1% of c, five "
-        "times the Milky Way's escape speed near the Sun"
+        DEFAULT_MAX_SPEED_KMS, lt=SPEED_OF_LIGHT_KMS, description="particles faster than "
+        "this (Galactocentric |v| [km/s]) are refused as corrupt; 3000 km/s is 1% of c, "
+        "five times the Milky Way's escape speed near the Sun"
     )
     mock: MockConfig = MockConfig()
 
