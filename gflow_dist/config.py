@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -71,6 +72,19 @@ def sun_frame_problem(sun_position_kpc: tuple[float, float, float]) -> str | Non
     if y != 0.0 or not x < 0.0:
         return ("must be (x, 0, z) with x < 0: the frame puts the Sun on the -x axis; "
                 "rotate the particles about z so that the Sun lies at y = 0, x < 0")
+    return None
+
+
+def sky_window_problem(ra_deg: float, dec_deg: float, radius_deg: float) -> str | None:
+    """Why (ra, dec, radius) [deg] is no sky window, or None when it is one."""
+    if not all(math.isfinite(v) for v in (ra_deg, dec_deg, radius_deg)):
+        return "ra, dec and radius must be finite numbers of degrees"
+    if not 0.0 <= ra_deg <= 360.0:
+        return "ra must be in [0, 360] deg"
+    if not -90.0 <= dec_deg <= 90.0:
+        return "dec must be in [-90, 90] deg"
+    if not 0.0 < radius_deg <= 180.0:
+        return "radius must be in (0, 180] deg"
     return None
 
 
@@ -222,13 +236,9 @@ class CatalogConfig(_Frozen):
     @field_validator("figure_window_deg")
     @classmethod
     def _sky_window(cls, value: tuple[float, float, float]) -> tuple[float, float, float]:
-        ra, dec, radius = value
-        if not 0.0 <= ra <= 360.0:
-            raise ValueError("ra must be in [0, 360] deg")
-        if not -90.0 <= dec <= 90.0:
-            raise ValueError("dec must be in [-90, 90] deg")
-        if not 0.0 < radius <= 180.0:
-            raise ValueError("radius must be in (0, 180] deg")
+        problem = sky_window_problem(*value)
+        if problem:
+            raise ValueError(problem)
         return value
 
 
