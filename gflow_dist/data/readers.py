@@ -133,7 +133,12 @@ def _format(path: Path, fmt: str) -> str:
             f"{', '.join(EXTENSIONS)}"
         )
     chosen = EXTENSIONS[path.suffix.lower()] if fmt == "auto" else fmt
-    if sniffed is not None and sniffed != _FAMILY.get(chosen, chosen):
+    container = _FAMILY.get(chosen, chosen)
+    if sniffed is None and container in MAGIC_BYTES.values():
+        raise InputError(f"{path}: not a {container} file (it lacks the {container} signature "
+                         "in its first bytes); if it is CSV text, rename it to .csv or set "
+                         "galaxy.format: csv, else re-copy or re-export it")
+    if sniffed is not None and sniffed != container:
         named = (f"galaxy.format is '{fmt}'" if fmt != "auto"
                  else f"its name says {chosen}")
         suffix = next(ext for ext, name in EXTENSIONS.items() if name == sniffed)
@@ -146,7 +151,10 @@ def _sniff(path: Path) -> str | None:
     """The format the file's first bytes identify (see :data:`MAGIC_BYTES`), or None."""
     with path.open("rb") as stream:
         head = stream.read(8)
-    return next((name for magic, name in MAGIC_BYTES.items() if head.startswith(magic)), None)
+    found = next((name for magic, name in MAGIC_BYTES.items() if head.startswith(magic)), None)
+    if found is None and h5py.is_hdf5(path):  # an HDF5 file behind a user block
+        return "hdf5"
+    return found
 
 
 def _assemble(
