@@ -76,6 +76,7 @@ def run_query(args: argparse.Namespace) -> None:
         _show_stars(query.cone(args.catalog, args.ra, args.dec, args.radius, args.columns),
                     args.export)
     elif args.query == "pixels":
+        query.check_order(args.order)  # HealpixPixel refuses orders above 29 with a ValueError
         chosen = [HealpixPixel(args.order, pixel) for pixel in args.pixel]
         _show_stars(query.pixels(args.catalog, chosen, args.columns), args.export)
     elif args.query == "counts":
