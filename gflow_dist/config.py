@@ -39,7 +39,7 @@ from gflow_dist.errors import ConfigError
 
 def _three_values(value: Any) -> Any:
     if isinstance(value, (list, tuple)) and len(value) != 3:
-        raise ValueError(f"expected 3 values [x, y, z], got {len(value)}")
+        raise ValueError(f"expected 3 values [x, y, z], not {len(value)}")
     return value
 
 
@@ -474,8 +474,9 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig
         except OSError as err:
             raise ConfigError(f"cannot read config {path}: {err.strerror}") from None
         except UnicodeDecodeError as err:
-            raise ConfigError(f"config {path} is not UTF-8 text (byte 0x{err.object[err.start]:02x} "
-                              f"at offset {err.start}); save it as UTF-8") from None
+            byte = err.object[err.start]
+            raise ConfigError(f"config {path} is not UTF-8 text (byte 0x{byte:02x} at offset "
+                              f"{err.start}); save it as UTF-8") from None
         try:
             tree = yaml.load(text, Loader=_UniqueKeyLoader) or {}
         except _DuplicateKey as err:

@@ -94,7 +94,8 @@ def _write_files(data: Path) -> None:
     }
     for name, text in configs.items():
         (data / name).write_text(text)
-    (data / "latin1.yaml").write_bytes("# Sonne: (-8, 0, 0) für Gäste\nseed: 1\n".encode("latin-1"))
+    latin1 = "# Sonne: (-8, 0, 0) für Gäste\nseed: 1\n".encode("latin-1")
+    (data / "latin1.yaml").write_bytes(latin1)
     (data / "a_file").write_text("not a folder\n")
 
 

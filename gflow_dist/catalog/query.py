@@ -53,7 +53,8 @@ def _columns(columns: list[str] | None, needed: tuple[str, ...] = ()) -> list[st
         return "all"
     unknown = sorted(set(columns) - set(COLUMN_UNITS))
     if unknown:
-        raise InputError(f"unknown columns {unknown}; the catalog has {list(COLUMN_UNITS)}")
+        raise InputError(f"unknown columns {unknown} (--columns); the catalog has "
+                         f"{list(COLUMN_UNITS)}")
     return list(dict.fromkeys([*columns, *needed]))
 
 
