@@ -29,7 +29,8 @@ from gflow_dist.cli import main
 from gflow_dist.config import CatalogConfig
 from gflow_dist.data.mock import MockGalaxy
 from gflow_dist.distributed import cluster
-from gflow_dist.errors import EXIT_ACCESS, EXIT_INPUT, EXIT_USAGE
+from gflow_dist.errors import EXIT_ACCESS, EXIT_BUG, EXIT_INPUT, EXIT_USAGE, describe_os_error
+from gflow_dist.release_stores import describe_cloud_error
 
 SUN = np.array([-8.0, 0.0, 0.02])
 N_PARTICLES = 400
@@ -460,3 +461,39 @@ def test_a_dead_ray_address_fails_within_seconds(flags, environment, tmp_path):
     assert "Traceback" not in result.stderr
     assert time.monotonic() - started < 60
     assert not out.exists()
+
+
+def _crash(args, config):
+    raise ZeroDivisionError("a stand-in for a bug")
+
+
+def test_a_bug_is_one_line_and_its_traceback_shows_only_with_v(monkeypatch, capsys):
+    monkeypatch.setattr("gflow_dist.cli._show_config", _crash)
+    assert main(["config", "show"]) == EXIT_BUG
+    error = capsys.readouterr().err
+    assert "Traceback" not in error and len(error.strip().splitlines()) == 1
+    assert "ZeroDivisionError" in error and "rerun with -v" in error
+    assert main(["-v", "config", "show"]) == EXIT_BUG
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_a_full_disk_is_named_with_its_fix():
+    with pytest.raises(OSError) as full, open("/dev/full", "w") as device:
+        device.write("x")
+        device.flush()
+    assert describe_os_error(full.value) == (
+        "No space left on device; the disk is full: free space, or choose a location on "
+        "another disk")
+
+
+def test_cloud_errors_become_one_line_with_the_fix():
+    from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+
+    assert "AWS_ACCESS_KEY_ID" in describe_cloud_error(NoCredentialsError())
+    unreachable = describe_cloud_error(EndpointConnectionError(endpoint_url="http://s3.test"))
+    assert "http://s3.test" in unreachable and "AWS_ENDPOINT_URL" in unreachable
+    refused = ClientError({"Error": {"Code": "InvalidAccessKeyId", "Message": "unknown key"}},
+                          "PutObject")
+    assert describe_cloud_error(refused).startswith(
+        "S3 refused PutObject: InvalidAccessKeyId (unknown key)")
+    assert describe_cloud_error(ZeroDivisionError()) is None
