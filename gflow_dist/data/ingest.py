@@ -9,6 +9,7 @@ particles only when their key matches the config (:func:`check_ingested`).
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -67,11 +68,19 @@ def ingest_key(config: RunConfig, source_sha256: str | None = None) -> dict[str,
     if galaxy.source == "mock":
         source: dict[str, Any] = {"mock": galaxy.mock.model_dump()}
     else:
-        sha256 = source_sha256 or sha256_file(check_particle_file(galaxy.source))
+        path = check_particle_file(galaxy.source)
+        stat = path.stat()
+        sha256 = source_sha256 or _file_sha256(str(path), stat.st_size, stat.st_mtime_ns)
         source = {"sha256": sha256, "format": galaxy.format}
     return {"galaxy.source": source, "galaxy.sun_position_kpc": list(galaxy.sun_position_kpc),
             "galaxy.r_max_kpc": galaxy.r_max_kpc,
             "split.test_fraction": config.split.test_fraction, "seed": config.seed}
+
+
+@functools.lru_cache(maxsize=8)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    """sha256 of a file's bytes, hashed once per process while its size and mtime hold."""
+    return sha256_file(Path(path))
 
 
 def check_train_size(train: ParticleSet, config: RunConfig) -> None:
