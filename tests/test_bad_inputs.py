@@ -29,7 +29,14 @@ from gflow_dist.cli import main
 from gflow_dist.config import CatalogConfig
 from gflow_dist.data.mock import MockGalaxy
 from gflow_dist.distributed import cluster
-from gflow_dist.errors import EXIT_ACCESS, EXIT_BUG, EXIT_INPUT, EXIT_USAGE, describe_os_error
+from gflow_dist.errors import (
+    EXIT_ACCESS,
+    EXIT_BUG,
+    EXIT_INPUT,
+    EXIT_USAGE,
+    AccessError,
+    describe_os_error,
+)
 from gflow_dist.release_stores import describe_cloud_error
 
 SUN = np.array([-8.0, 0.0, 0.02])
@@ -497,3 +504,13 @@ def test_cloud_errors_become_one_line_with_the_fix():
     assert describe_cloud_error(refused).startswith(
         "S3 refused PutObject: InvalidAccessKeyId (unknown key)")
     assert describe_cloud_error(ZeroDivisionError()) is None
+
+
+@pytest.mark.parametrize("address", ["cluster-head", "ray://head", "http://head:8265/jobs"])
+def test_an_address_that_is_not_host_and_port_is_named(address):
+    with pytest.raises(AccessError, match=f"Ray address '{address}' is not host:port"):
+        cluster.check_reachable(address)
+
+
+def test_auto_is_left_to_ray():
+    cluster.check_reachable("auto")  # the cluster `ray start` recorded: Ray resolves it
