@@ -389,6 +389,8 @@ QUERY_CASES = [
          EXIT_INPUT, ("--window", "dec must be in [-90, 90]")),
     Case("plot_order_negative", ["plot", "{cat}", "--out", "{out}", "--order", "-1"],
          EXIT_INPUT, ("--order",)),
+    Case("plot_out_is_a_file", ["plot", "{cat}", "--out", "{data}/a_file"], EXIT_ACCESS,
+         ("--out", "a_file is a file")),
 ]
 
 CASES = CONFIG_CASES + PARTICLE_CASES + OUTPUT_CASES + PUBLISH_CASES + QUERY_CASES

@@ -21,6 +21,7 @@ from gflow_dist.catalog import query
 from gflow_dist.catalog.plots import PAPER_WINDOW, SkyWindow, make_figures
 from gflow_dist.config import sky_window_problem
 from gflow_dist.errors import InputError
+from gflow_dist.preflight import check_writable_folder
 
 PREVIEW_ROWS = 10
 
@@ -110,6 +111,7 @@ def run_plot(args: argparse.Namespace) -> None:
     if problem:
         raise InputError(f"--window {' '.join(f'{v:g}' for v in args.window)}: {problem}")
     query.check_order(args.order)
+    check_writable_folder(args.out)
     figures = make_figures(query.hats_path(args.catalog), args.out,
                            window=SkyWindow(*args.window), order=args.order,
                            title=args.catalog.name)
