@@ -7,12 +7,16 @@ naming the file, the key and what is allowed. Keys that scripts rely on are fixe
 ``seed``, ``cnf.ensemble_size``, ``cnf.max_epochs``, ``cnf.patience``,
 ``sample.factor``, ``sample.total``, ``evaluate.samples_per_particle``,
 ``evaluate.max_epochs`` and ``evaluate.patience``.
+
+Every number must be finite; a key stated twice in one YAML mapping is an error, as is a
+file that is not UTF-8 text.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -25,15 +29,17 @@ from pydantic import (
     StrictBool,
     StrictInt,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
+from gflow_dist.data.validation import DEFAULT_MAX_SPEED_KMS
 from gflow_dist.errors import ConfigError
 
 
 def _three_values(value: Any) -> Any:
     if isinstance(value, (list, tuple)) and len(value) != 3:
-        raise ValueError(f"expected 3 values [x, y, z], got {len(value)}")
+        raise ValueError(f"expected 3 values [x, y, z], not {len(value)}")
     return value
 
 
@@ -43,9 +49,47 @@ Vector3 = Annotated[tuple[float, float, float], BeforeValidator(_three_values)]
 UPSAMPLER_NAMES = ("cnf", "enbid", "enbid_ananke", "maf", "kde_mle")
 """Upsamplers that ``upsamplers:`` may name: the paper's CNF and its baselines."""
 
+SPEED_OF_LIGHT_KMS = 299_792.458
+"""c [km/s]: ``galaxy.max_speed_kms`` must stay below it."""
+
+MIN_TRAIN_PARTICLES = 50
+"""Fewest train particles a model may be fitted to.
+
+The flows (``cnf``, ``maf``) and ``kde_mle`` hold out a share of the train particles
+(0.2 by default) to stop early or to score their kernel widths: with 50 train particles
+that is 10 held-out particles, the least that spans the 6-D phase space (7 points) with
+some margin. Fewer give degenerate densities rather than an error.
+"""
+
+
+def sun_frame_problem(sun_position_kpc: tuple[float, float, float]) -> str | None:
+    """Why a Sun position [kpc] does not fit the package frame, or None when it does.
+
+    The frame puts the Sun on the −x axis (astropy's Galactocentric convention): y = 0 and
+    x < 0; :class:`~gflow_dist.catalog.observables.SolarFrame` relies on it.
+    """
+    x, y, _ = sun_position_kpc
+    if y != 0.0 or not x < 0.0:
+        return ("must be (x, 0, z) with x < 0: the frame puts the Sun on the -x axis; "
+                "rotate the particles about z so that the Sun lies at y = 0, x < 0")
+    return None
+
+
+def sky_window_problem(ra_deg: float, dec_deg: float, radius_deg: float) -> str | None:
+    """Why (ra, dec, radius) [deg] is no sky window, or None when it is one."""
+    if not all(math.isfinite(v) for v in (ra_deg, dec_deg, radius_deg)):
+        return "ra, dec and radius must be finite numbers of degrees"
+    if not 0.0 <= ra_deg <= 360.0:
+        return "ra must be in [0, 360] deg"
+    if not -90.0 <= dec_deg <= 90.0:
+        return "dec must be in [-90, 90] deg"
+    if not 0.0 < radius_deg <= 180.0:
+        return "radius must be in (0, 180] deg"
+    return None
+
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False, allow_inf_nan=False)
 
 
 class MockConfig(_Frozen):
@@ -68,13 +112,27 @@ class GalaxyConfig(_Frozen):
         description="Galactocentric Sun velocity [km/s]; +y is the disk motion",
     )
     r_max_kpc: PositiveFloat = Field(3.5, description="selection sphere radius [kpc]")
+    max_speed_kms: PositiveFloat = Field(
+        DEFAULT_MAX_SPEED_KMS, lt=SPEED_OF_LIGHT_KMS, description="particles faster than "
+        "this (Galactocentric |v| [km/s]) are refused as corrupt; 3000 km/s is 1% of c, "
+        "five times the Milky Way's escape speed near the Sun"
+    )
     mock: MockConfig = MockConfig()
+
+    @field_validator("sun_position_kpc")
+    @classmethod
+    def _sun_on_minus_x(cls, value: tuple[float, float, float]) -> tuple[float, float, float]:
+        problem = sun_frame_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
 
 class SplitConfig(_Frozen):
     """Train/test split of the selected particles (paper §5.3: 1:1)."""
 
-    test_fraction: float = Field(0.5, ge=0.0, lt=1.0)
+    test_fraction: float = Field(0.5, gt=0.0, lt=1.0, description="share of the selected "
+                                 "particles held out for testing; both halves must be non-empty")
 
 
 class CNFConfig(_Frozen):
@@ -184,6 +242,14 @@ class CatalogConfig(_Frozen):
         "figures show; the paper's Figs. 1, 3–5 window by default"
     )
 
+    @field_validator("figure_window_deg")
+    @classmethod
+    def _sky_window(cls, value: tuple[float, float, float]) -> tuple[float, float, float]:
+        problem = sky_window_problem(*value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
 
 class EvaluateConfig(_Frozen):
     """The multi-model classifier test (paper §5.3) and the scores beyond the paper."""
@@ -197,8 +263,9 @@ class EvaluateConfig(_Frozen):
         None, gt=1, description="score on a seeded random subset of this many test particles "
         "(demo budgets); null uses them all, as the paper does"
     )
-    hidden_units: tuple[StrictInt, ...] = Field(
-        (2048, 1024, 128, 128), description="the classifier MLP's hidden layers (paper §5.3)"
+    hidden_units: tuple[Annotated[StrictInt, Field(ge=1)], ...] = Field(
+        (2048, 1024, 128, 128), min_length=1,
+        description="the classifier MLP's hidden layers (paper §5.3)"
     )
     validation_fraction: float = Field(0.5, gt=0.0, lt=1.0, description="paper: half")
     batches_per_epoch: StrictInt = Field(1000, ge=1, description="paper: 1000")
@@ -277,6 +344,27 @@ class RunConfig(_Frozen):
     evaluate: EvaluateConfig = EvaluateConfig()
     ray: RayConfig = RayConfig()
 
+    @field_validator("upsamplers")
+    @classmethod
+    def _some_upsamplers_once_each(cls, names: tuple[str, ...]) -> tuple[str, ...]:
+        if not names:
+            raise ValueError(f"name at least one upsampler ({', '.join(UPSAMPLER_NAMES)})")
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"{', '.join(repeated)} listed more than once; list each "
+                             "upsampler once")
+        return names
+
+    @model_validator(mode="after")
+    def _enough_train_particles(self) -> RunConfig:
+        for name in self.upsamplers:
+            cap = getattr(getattr(self, name, None), "max_train_particles", None)
+            if cap is not None and cap < MIN_TRAIN_PARTICLES:
+                raise ValueError(f"{name}.max_train_particles = {cap} is below the "
+                                 f"{MIN_TRAIN_PARTICLES} train particles a model needs; "
+                                 f"set it to at least {MIN_TRAIN_PARTICLES}, or null")
+        return self
+
     def to_dict(self) -> dict[str, Any]:
         """Plain, JSON-safe dict of every value, defaults included."""
         return json.loads(self.model_dump_json())
@@ -297,7 +385,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not sep or not key.strip():
         raise ConfigError(f"override {text!r} must look like key.sub=value")
     try:
-        value = yaml.safe_load(raw)
+        value = yaml.load(raw, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as err:
         raise ConfigError(f"override {text!r}: value is not valid YAML ({err})") from err
     return key.strip().split("."), value
@@ -329,7 +417,10 @@ def _describe(error: dict[str, Any]) -> str:
         allowed = ", ".join(_section_keys(section))
         where = ".".join(map(str, section)) or "the top level"
         return f"unknown key {key!r} (allowed in {where}: {allowed})"
-    return f"key {key!r}: {error['msg']}, got {error.get('input')!r}"
+    message = error["msg"].removeprefix("Value error, ")
+    if not key:  # a rule across sections: the message names its keys
+        return message
+    return f"key {key!r}: {message}, got {error.get('input')!r}"
 
 
 def build_config(tree: dict[str, Any], origin: str = "<overrides>") -> RunConfig:
@@ -347,6 +438,37 @@ def _drop_empty_sections(tree: dict[str, Any]) -> dict[str, Any]:
             for key, value in tree.items()}
 
 
+class _DuplicateKey(yaml.YAMLError):
+    """A mapping states one key twice; ``lines`` are 1-based."""
+
+    def __init__(self, key: Any, first_line: int, second_line: int) -> None:
+        super().__init__(f"key {key!r} is set twice, at lines {first_line} and "
+                         f"{second_line}; keep one of them")
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key repeated in one mapping is an error.
+
+    Plain PyYAML keeps the last value silently. Keys merged in with ``<<`` may be
+    overridden, as YAML intends.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        first_lines: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            try:
+                if key in first_lines:
+                    raise _DuplicateKey(key, first_lines[key], line)
+                first_lines[key] = line
+            except TypeError:  # an unhashable key: the base class reports it
+                break
+        return super().construct_mapping(node, deep=deep)
+
+
 _SECTIONS = ("galaxy", "split", "cnf", "enbid", "enbid_ananke", "kde_mle", "maf", "sample",
              "catalog", "evaluate", "ray")
 
@@ -361,11 +483,17 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig
     if path is not None:
         origin = str(path)
         try:
-            text = Path(path).read_text()
+            text = Path(path).read_text(encoding="utf-8")
         except OSError as err:
             raise ConfigError(f"cannot read config {path}: {err.strerror}") from None
+        except UnicodeDecodeError as err:
+            byte = err.object[err.start]
+            raise ConfigError(f"config {path} is not UTF-8 text (byte 0x{byte:02x} at offset "
+                              f"{err.start}); save it as UTF-8") from None
         try:
-            tree = yaml.safe_load(text) or {}
+            tree = yaml.load(text, Loader=_UniqueKeyLoader) or {}
+        except _DuplicateKey as err:
+            raise ConfigError(f"invalid config {path}:\n  {err}") from None
         except yaml.YAMLError as err:
             raise ConfigError(f"config {path} is not valid YAML: {err}") from None
         if not isinstance(tree, dict):

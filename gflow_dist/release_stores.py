@@ -33,7 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from gflow_dist.errors import GflowError
+from gflow_dist.errors import AccessError, GflowError
 
 MANIFEST = "manifest.json"
 LATEST = "latest"
@@ -158,6 +158,10 @@ class S3Store:
         self.prefix = f"{prefix}/" if prefix else ""
         self.location = uri.rstrip("/")
         self.staging_root = None if staging_root is None else Path(staging_root)
+        if boto3.Session().get_credentials() is None:
+            raise AccessError(f"{self.location}: no S3 credentials found; set "
+                              "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), "
+                              "and AWS_ENDPOINT_URL for a non-AWS endpoint")
         self.client = boto3.client("s3")
 
     def _key(self, *parts: str) -> str:
@@ -274,6 +278,27 @@ class S3Store:
 
     def uri(self, version: str) -> str:
         return f"s3://{self.bucket}/{self._key(version)}"
+
+
+def describe_cloud_error(error: Exception) -> str | None:
+    """One line for an error of boto3/botocore (credentials, endpoint, refusal); else None."""
+    try:
+        from botocore import exceptions
+    except ImportError:  # without boto3 no such error can arise
+        return None
+    fix = ("check AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), AWS_ENDPOINT_URL "
+           "and the bucket name")
+    if isinstance(error, (exceptions.NoCredentialsError, exceptions.PartialCredentialsError)):
+        return f"S3: {error}; {fix}"
+    if isinstance(error, exceptions.EndpointConnectionError):
+        return f"S3: {error}; check AWS_ENDPOINT_URL and the network"
+    if isinstance(error, exceptions.ClientError):
+        detail = error.response.get("Error", {})
+        return (f"S3 refused {error.operation_name}: {detail.get('Code', '?')} "
+                f"({detail.get('Message', 'no message')}); {fix}")
+    if isinstance(error, exceptions.BotoCoreError):
+        return f"S3: {error}; {fix}"
+    return None
 
 
 def open_store(location: str | Path, staging_root: str | Path | None = None) -> ReleaseStore:

@@ -194,7 +194,7 @@ def test_unknown_key_names_file_key_and_allowed_keys(tmp_path, text, key, sectio
     ("cnf:\n  ensemble_size: 0\n", "cnf.ensemble_size", "greater than or equal to 1"),
     ("cnf:\n  ensemble_size: 2.5\n", "cnf.ensemble_size", "integer"),
     ("cnf:\n  validation_fraction: 1.0\n", "cnf.validation_fraction", "less than 1"),
-    ("split:\n  test_fraction: -0.1\n", "split.test_fraction", "greater than or equal to 0"),
+    ("split:\n  test_fraction: -0.1\n", "split.test_fraction", "greater than 0"),
     ("seed: -1\n", "seed", "greater than or equal to 0"),
     ("galaxy:\n  sun_position_kpc: [1, 2]\n", "galaxy.sun_position_kpc", ""),
     ("galaxy:\n  sun_position_kpc: [1, 2, 3, 4]\n", "galaxy.sun_position_kpc", "expected 3 values"),
@@ -234,6 +234,44 @@ def test_invalid_yaml(tmp_path):
     message = _error(tmp_path, "cnf: [unclosed\n")
     assert "not valid YAML" in message
     assert str(tmp_path / "run.yaml") in message
+
+
+def test_duplicate_key_names_file_key_and_both_lines(tmp_path):
+    message = _error(tmp_path, "seed: 1\ncnf:\n  patience: 3\n  max_epochs: 2\n  patience: 5\n")
+    assert str(tmp_path / "run.yaml") in message
+    assert "'patience' is set twice, at lines 3 and 5" in message
+
+
+def test_keys_merged_with_yaml_anchors_may_be_overridden(tmp_path):
+    text = "cnf: &recipe\n  patience: 3\nmaf:\n  <<: *recipe\n  patience: 7\n"
+    assert load_config(_write(tmp_path, text)).maf.patience == 7
+
+
+def test_non_utf8_file_names_the_byte(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("# Sun's frame: café\nseed: 1\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1\.yaml is not UTF-8 text \(byte 0xe9"):
+        load_config(path)
+
+
+@pytest.mark.parametrize("text, key, fragment", [
+    ("galaxy:\n  r_max_kpc: .inf\n", "galaxy.r_max_kpc", "finite"),
+    ("galaxy:\n  sun_position_kpc: [-8, .nan, 0]\n", "galaxy.sun_position_kpc", "finite"),
+    ("galaxy:\n  sun_position_kpc: [-8, 1, 0]\n", "galaxy.sun_position_kpc", "-x axis"),
+    ("galaxy:\n  sun_position_kpc: [8, 0, 0]\n", "galaxy.sun_position_kpc", "x < 0"),
+    ("galaxy:\n  max_speed_kms: 400000\n", "galaxy.max_speed_kms", "less than 299792"),
+    ("split:\n  test_fraction: 0\n", "split.test_fraction", "greater than 0"),
+    ("catalog:\n  figure_window_deg: [10, 95, 5]\n", "catalog.figure_window_deg", "dec"),
+    ("catalog:\n  figure_window_deg: [10, 5, 0]\n", "catalog.figure_window_deg", "radius"),
+    ("catalog:\n  figure_window_deg: [400, 5, 5]\n", "catalog.figure_window_deg", "ra"),
+    ("upsamplers: []\n", "upsamplers", "at least one"),
+    ("upsamplers: [cnf, enbid, cnf]\n", "upsamplers", "cnf listed more than once"),
+    ("evaluate:\n  hidden_units: []\n", "evaluate.hidden_units", "at least 1 item"),
+    ("cnf:\n  max_train_particles: 2\n", "cnf.max_train_particles", "at least 50"),
+])
+def test_values_that_could_never_run_are_refused_up_front(tmp_path, text, key, fragment):
+    message = _error(tmp_path, text)
+    assert key in message and fragment in message
 
 
 @pytest.mark.parametrize("text, kind", [("- a\n- b\n", "list"), ("just a string\n", "str"),

@@ -303,7 +303,8 @@ def test_truncated_csv_reports_short_last_row(tmp_path):
     path = tmp_path / "g.csv"
     write_csv(path, *galaxy())
     truncate(path)
-    with pytest.raises(InputError, match=rf"{named(path)}: column '\w+' .* at rows \[\d+\]"):
+    match = rf"{named(path)}: row \d+ has [1-6] of the header's 7 fields; the file looks truncated"
+    with pytest.raises(InputError, match=match):
         read_particles(path)
 
 
@@ -336,7 +337,7 @@ def test_non_numeric_column_names_row(tmp_path):
 def test_unknown_extension(tmp_path):
     path = tmp_path / "g.dat"
     path.write_text("1 2 3\n")
-    with pytest.raises(InputError, match=f"{named(path)}: cannot tell the format.*fmt="):
+    with pytest.raises(InputError, match=f"{named(path)}: cannot tell the format.*galaxy.format"):
         read_particles(path)
 
 

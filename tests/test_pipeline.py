@@ -20,6 +20,7 @@ import xarray as xr
 from gflow_dist import upsamplers
 from gflow_dist.cli import main
 from gflow_dist.config import load_config
+from gflow_dist.errors import EXIT_INPUT
 from gflow_dist.data.ingest import read_ingested
 from gflow_dist.evaluate.classifier import ClassifierSettings
 from gflow_dist.evaluate.classifier_tests import multi_model_test
@@ -129,7 +130,7 @@ def test_query_and_plot_commands(finished_run, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["n"] > 0
     assert main(["plot", catalog, "--out", str(tmp_path / "figures")]) == 0
     assert len(list((tmp_path / "figures").glob("*.png"))) == 4
-    assert main(["query", str(tmp_path), "counts", "--order", "0"]) == 2
+    assert main(["query", str(tmp_path), "counts", "--order", "0"]) == EXIT_INPUT
     assert "no HATS catalog" in capsys.readouterr().err
 
 
@@ -164,14 +165,16 @@ def test_ingest_prints_the_selection(tmp_path, capsys, ray_cluster):
 
 
 def test_bad_config_key_is_a_clear_error(capsys):
-    assert main(["config", "show", "configs/mock.yaml", "--set", "cnf.pateince=3"]) == 2
+    status = main(["config", "show", "configs/mock.yaml", "--set", "cnf.pateince=3"])
+    assert status == EXIT_INPUT
     error = capsys.readouterr().err
     assert "configs/mock.yaml" in error and "unknown key 'cnf.pateince'" in error
 
 
 def test_missing_particle_file_is_a_clear_error(tmp_path, capsys, ray_cluster):
     missing = tmp_path / "nowhere.parquet"
-    assert main(["ingest", "--out", str(tmp_path), "--set", f"galaxy.source={missing}"]) == 2
+    status = main(["ingest", "--out", str(tmp_path), "--set", f"galaxy.source={missing}"])
+    assert status == EXIT_INPUT
     assert str(missing) in capsys.readouterr().err
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from gflow_dist.cli import main
 from gflow_dist.config import load_config
-from gflow_dist.errors import GflowError
+from gflow_dist.errors import EXIT_INPUT, GflowError
 from gflow_dist.publish import list_versions, publish
 from gflow_dist.release_stores import LATEST, MANIFEST, FolderStore, open_store
 
@@ -49,7 +49,7 @@ def test_publish_switches_latest_reruns_as_a_no_op_keeps_latest_on_failure_and_r
     assert os.readlink(folder / LATEST) == second
 
     missing = tmp_path / "nowhere.parquet"
-    assert _publish(tmp_path, "--set", f"galaxy.source={missing}") == 2
+    assert _publish(tmp_path, "--set", f"galaxy.source={missing}") == EXIT_INPUT
     assert store.latest() == second  # a failed run leaves latest as it was
     assert not list(folder.glob(".staging-*")) and not (folder / ".lock").exists()
 

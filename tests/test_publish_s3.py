@@ -14,7 +14,7 @@ from moto.server import ThreadedMotoServer
 
 from gflow_dist.cli import main
 from gflow_dist.config import load_config
-from gflow_dist.errors import GflowError
+from gflow_dist.errors import EXIT_INPUT, GflowError
 from gflow_dist.publish import list_versions, publish
 from gflow_dist.release_stores import S3Store
 
@@ -88,7 +88,7 @@ def test_s3_publish_switches_latest_reruns_as_a_no_op_keeps_latest_on_failure_an
     assert second != first
 
     missing = tmp_path / "nowhere.parquet"
-    assert publish_cli("--force", "--set", f"galaxy.source={missing}") == 2
+    assert publish_cli("--force", "--set", f"galaxy.source={missing}") == EXIT_INPUT
     assert _latest(client, prefix) == second  # a failed run leaves latest as it was
     store = S3Store(f"{root}/mock", staging)
     assert store.versions() == [first, second]

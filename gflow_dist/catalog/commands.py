@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 from hats.pixel_math import HealpixPixel
 
 from gflow_dist.catalog import query
 from gflow_dist.catalog.plots import PAPER_WINDOW, SkyWindow, make_figures
+from gflow_dist.config import sky_window_problem
+from gflow_dist.errors import InputError
+from gflow_dist.preflight import check_writable_folder
 
 PREVIEW_ROWS = 10
 
@@ -59,15 +63,21 @@ def _show_stars(frame, export: Path | None) -> None:
         print(f"{rows:,} stars -> {export}")
         return
     rows = len(frame)
+    if rows == 0:
+        print("0 stars in this region")
+        return
     print(f"{rows:,} stars; the first {min(rows, PREVIEW_ROWS)}:")
     print(frame.head(PREVIEW_ROWS, npartitions=-1).to_string())
 
 
 def run_query(args: argparse.Namespace) -> None:
+    if getattr(args, "export", None) is not None:
+        query.check_export_path(args.export)  # before the query runs
     if args.query == "cone":
         _show_stars(query.cone(args.catalog, args.ra, args.dec, args.radius, args.columns),
                     args.export)
     elif args.query == "pixels":
+        query.check_order(args.order)  # HealpixPixel refuses orders above 29 with a ValueError
         chosen = [HealpixPixel(args.order, pixel) for pixel in args.pixel]
         _show_stars(query.pixels(args.catalog, chosen, args.columns), args.export)
     elif args.query == "counts":
@@ -78,8 +88,10 @@ def run_query(args: argparse.Namespace) -> None:
         else:
             print(counts.to_string())
     else:
-        print(json.dumps(query.mean_proper_motion_in_cone(args.catalog, args.ra, args.dec,
-                                                          args.radius)))
+        mean = query.mean_proper_motion_in_cone(args.catalog, args.ra, args.dec, args.radius)
+        # no stars, no mean: JSON null rather than the invalid NaN
+        print(json.dumps({key: None if isinstance(value, float) and math.isnan(value) else value
+                          for key, value in mean.items()}))
 
 
 def add_plot_parser(commands: argparse._SubParsersAction) -> None:
@@ -95,6 +107,11 @@ def add_plot_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run_plot(args: argparse.Namespace) -> None:
+    problem = sky_window_problem(*args.window)
+    if problem:
+        raise InputError(f"--window {' '.join(f'{v:g}' for v in args.window)}: {problem}")
+    query.check_order(args.order)
+    check_writable_folder(args.out)
     figures = make_figures(query.hats_path(args.catalog), args.out,
                            window=SkyWindow(*args.window), order=args.order,
                            title=args.catalog.name)

@@ -46,6 +46,7 @@ from astropy.coordinates import (
     Galactocentric,
 )
 
+from gflow_dist.config import sun_frame_problem
 from gflow_dist.errors import GflowError
 
 GALCEN_ICRS_DEG = (266.4051, -28.936175)
@@ -88,11 +89,9 @@ class SolarFrame:
 
     def __post_init__(self) -> None:
         x, y, z = _vector3(self.sun_position_kpc, "galaxy.sun_position_kpc")
-        if y != 0.0 or not x < 0.0:
-            raise GflowError(
-                f"galaxy.sun_position_kpc must be (x, 0, z) with x < 0: astropy's Galactocentric "
-                f"frame puts the Sun on the −x axis, got {self.sun_position_kpc!r}; rotate the "
-                "particles about z so that the Sun lies at y = 0, x < 0")
+        problem = sun_frame_problem((x, y, z))  # the config refuses such a Sun up front
+        if problem:
+            raise GflowError(f"galaxy.sun_position_kpc {problem}, got {self.sun_position_kpc!r}")
         object.__setattr__(self, "sun_position_kpc", (x, y, z))
         object.__setattr__(self, "sun_velocity_kms",
                            _vector3(self.sun_velocity_kms, "galaxy.sun_velocity_kms"))

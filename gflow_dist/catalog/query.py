@@ -7,14 +7,16 @@ A query opens the catalog with a search filter, so lsdb keeps only the partition
 HEALPix pixel overlaps the region and reads no other file; the rows are then filtered
 exactly (cone: great-circle distance from (ra, dec) [deg]; pixels: ``_healpix_29``
 inside the pixels). Frames come back lazy (Dask, index ``_healpix_29``, one partition
-per HEALPix partition); :func:`export` streams one to Parquet or CSV a partition at a
-time. ``path`` may be the HATS folder or the catalog folder ``DIR/catalog/<name>`` that
-holds it as ``hats/``.
+per HEALPix partition; a region without stars gives one empty partition); :func:`export`
+streams one to Parquet or CSV a partition at a time. ``path`` may be the HATS folder or
+the catalog folder ``DIR/catalog/<name>`` that holds it as ``hats/``.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import tempfile
 from pathlib import Path
 
 import dask
@@ -31,7 +33,7 @@ from lsdb.core.search.abstract_search import AbstractSearch
 from gflow_dist.catalog.hats_writer import UNIT_KEY
 from gflow_dist.catalog.healpix import index_range, pixel_at_order
 from gflow_dist.catalog.observables import COLUMN_UNITS
-from gflow_dist.errors import InputError
+from gflow_dist.errors import AccessError, InputError
 
 EXPORT_SUFFIXES = (".parquet", ".csv")
 
@@ -51,7 +53,8 @@ def _columns(columns: list[str] | None, needed: tuple[str, ...] = ()) -> list[st
         return "all"
     unknown = sorted(set(columns) - set(COLUMN_UNITS))
     if unknown:
-        raise InputError(f"unknown columns {unknown}; the catalog has {list(COLUMN_UNITS)}")
+        raise InputError(f"unknown columns {unknown} (--columns); the catalog has "
+                         f"{list(COLUMN_UNITS)}")
     return list(dict.fromkeys([*columns, *needed]))
 
 
@@ -63,14 +66,25 @@ def open_catalog(path: str | Path, columns: list[str] | None = None,
 
 
 def _select(frame: dd.DataFrame, columns: list[str] | None) -> dd.DataFrame:
+    if frame.npartitions == 0:  # no partition overlaps the region: no stars, same columns
+        frame = dd.from_pandas(frame._meta, npartitions=1)
     if columns is None:
         return frame
     return frame[[c for c in columns if c != SPATIAL_INDEX_COLUMN]]
 
 
+def check_order(order: int) -> None:
+    """Raise InputError unless ``order`` is a HEALPix order, 0 to 29."""
+    if not 0 <= order <= 29:
+        raise InputError(f"--order must be a HEALPix order in [0, 29], got {order}")
+
+
 def cone(path: str | Path, ra_deg: float, dec_deg: float, radius_deg: float,
          columns: list[str] | None = None) -> dd.DataFrame:
     """Stars within ``radius_deg`` great-circle distance of (``ra_deg``, ``dec_deg``) [deg]."""
+    for flag, value in (("--ra", ra_deg), ("--dec", dec_deg), ("--radius", radius_deg)):
+        if not math.isfinite(value):
+            raise InputError(f"cone {flag} must be a finite number of degrees, got {value}")
     if not 0.0 < radius_deg <= 180.0:
         raise InputError(f"cone radius must be in (0, 180] deg, got {radius_deg}")
     if not -90.0 <= dec_deg <= 90.0:
@@ -93,6 +107,7 @@ def pixels(path: str | Path, healpix_pixels: list[HealpixPixel],
     if not healpix_pixels:
         raise InputError("pixels: give at least one HealpixPixel(order, pixel)")
     for pixel in healpix_pixels:
+        check_order(pixel.order)
         if not 0 <= pixel.pixel < 12 * 4**pixel.order:
             raise InputError(f"pixel {pixel.pixel} does not exist at order {pixel.order}")
     catalog = open_catalog(path, columns, lsdb.PixelSearch(list(healpix_pixels), fine=False))
@@ -107,9 +122,8 @@ def _pixel_counts(frame: pd.DataFrame, order: int) -> pd.Series:
 
 def counts_per_pixel(path: str | Path, order: int) -> pd.Series:
     """Stars per non-empty HEALPix pixel at ``order`` (index ``pixel``, ascending)."""
-    if not 0 <= order <= 29:
-        raise InputError(f"order must be in [0, 29], got {order}")
-    frame = open_catalog(path, ["ra"]).to_dask_dataframe()
+    check_order(order)
+    frame = _select(open_catalog(path, ["ra"]).to_dask_dataframe(), None)
     parts = dask.compute(*[dask.delayed(_pixel_counts)(part, order)
                            for part in frame.to_delayed()])
     counts = pd.concat(parts).groupby(level=0).sum().sort_index().astype(np.int64)
@@ -143,6 +157,30 @@ def _computed_parts(frame: dd.DataFrame | pd.DataFrame):
         yield frame.get_partition(index).compute()
 
 
+def check_export_path(path: Path) -> None:
+    """Raise unless ``path`` names a .parquet or .csv file in a folder one can write.
+
+    Raises:
+        InputError: ``path`` has another suffix.
+        AccessError: ``path`` is a folder, or its folder is missing or cannot be written.
+    """
+    if path.is_dir():
+        raise AccessError(f"--export {path} is a folder; give a file path ending in "
+                         f"{' or '.join(EXPORT_SUFFIXES)}")
+    if path.suffix not in EXPORT_SUFFIXES:
+        raise InputError(f"--export {path} must end in one of {', '.join(EXPORT_SUFFIXES)}")
+    folder = path.absolute().parent
+    if not folder.is_dir():
+        raise AccessError(f"--export {path}: the folder {folder} does not exist; create it "
+                         "first or choose another path")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise AccessError(f"--export {path}: cannot write in {folder} ({error.strerror}); "
+                          "choose a folder you can write") from None
+
+
 def export(frame: dd.DataFrame | pd.DataFrame, path: str | Path) -> int:
     """Write ``frame`` to one Parquet (units in field metadata) or CSV file; returns rows.
 
@@ -150,8 +188,7 @@ def export(frame: dd.DataFrame | pd.DataFrame, path: str | Path) -> int:
     time into a hidden file that is renamed into place once complete.
     """
     path = Path(path)
-    if path.suffix not in EXPORT_SUFFIXES:
-        raise InputError(f"export path {path} must end in one of {EXPORT_SUFFIXES}")
+    check_export_path(path)
     empty = frame._meta if isinstance(frame, dd.DataFrame) else frame.iloc[:0]
     partial = path.with_name(f".{path.name}.partial")
     rows = 0

@@ -7,7 +7,9 @@ read as given; nothing is recentred. Output units are kpc, km/s and M☉.
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import os
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -19,14 +21,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from gflow_dist.data.particles import MASS_COLUMN, PHASE_SPACE_COLUMNS, ParticleSet
-from gflow_dist.data.validation import validate_particles
-from gflow_dist.errors import InputError
+from gflow_dist.data.validation import DEFAULT_MAX_SPEED_KMS, validate_particles
+from gflow_dist.errors import AccessError, InputError
 
 FORMATS = ("auto", "parquet", "csv", "hdf5", "arepo", "npy", "npz", "tipsy")
 EXTENSIONS = {
     ".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".h5": "hdf5", ".hdf5": "hdf5",
     ".hdf": "hdf5", ".npy": "npy", ".npz": "npz", ".tipsy": "tipsy", ".std": "tipsy",
 }  # fmt: skip
+MAGIC_BYTES = {b"PAR1": "parquet", b"\x89HDF\r\n\x1a\n": "hdf5", b"\x93NUMPY": "npy",
+               b"PK\x03\x04": "npz"}
+"""The first bytes of each self-identifying format; a file is sniffed before it is read."""
+_FAMILY = {"arepo": "hdf5"}  # formats stored in another's container
 _COLUMNS = (*PHASE_SPACE_COLUMNS, MASS_COLUMN)
 _CORRUPT = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, pa.ArrowException,
             pd.errors.ParserError)  # fmt: skip
@@ -34,7 +40,8 @@ _CORRUPT = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, pa.Arro
 Columns = dict[str, np.ndarray]  # column name -> 1-D values in kpc, km/s, M☉
 
 
-def read_particles(path: str | Path, fmt: str = "auto") -> ParticleSet:
+def read_particles(path: str | Path, fmt: str = "auto",
+                   max_speed_kms: float = DEFAULT_MAX_SPEED_KMS) -> ParticleSet:
     """Read star particles (x, y, z [kpc], vx, vy, vz [km/s], optional mass [M☉]) from ``path``.
 
     Formats (``fmt``; ``"auto"`` picks by extension, and HDF5 files holding ``PartType4``
@@ -51,18 +58,16 @@ def read_particles(path: str | Path, fmt: str = "auto") -> ParticleSet:
     - ``tipsy`` (.tipsy, .std): via pynbody (``pip install gflow-dist[tipsy]``).
 
     The provenance holds the absolute ``source`` path, the ``format`` and the ``sha256`` of
-    the file bytes. The particles are validated (:func:`validate_particles`) before return.
+    the file bytes. The particles are validated (:func:`validate_particles`, with
+    ``max_speed_kms`` [km/s], the config's ``galaxy.max_speed_kms``) before return.
 
     Raises:
-        InputError: the file is missing, empty, truncated or corrupt, lacks a column, or
-            holds invalid values; the message names the file, the column or rows, and the fix.
+        InputError: the file is missing, empty, of another format than its name or ``fmt``
+            says, truncated or corrupt, lacks a column, or holds invalid values; the message
+            names the file, the column or rows, and the fix.
+        AccessError: the file cannot be read (permissions).
     """
-    path = Path(path).absolute()
-    if not path.is_file():
-        what = "is a directory, not a file" if path.is_dir() else "does not exist"
-        raise InputError(f"{path}: the particle file {what}; check the path")
-    if path.stat().st_size == 0:
-        raise InputError(f"{path}: the file is empty (0 bytes); re-copy or re-export it")
+    path = check_particle_file(path)
     fmt = _format(path, fmt)
     try:
         if fmt == "hdf5":
@@ -71,6 +76,9 @@ def read_particles(path: str | Path, fmt: str = "auto") -> ParticleSet:
         columns, found, extra = _READERS[fmt](path)
     except InputError:
         raise
+    except PermissionError as exc:
+        raise AccessError(f"{path}: cannot read it ({exc.strerror}); fix its permissions or "
+                          "copy it somewhere readable") from exc
     except _CORRUPT as exc:
         raise InputError(
             f"{path}: cannot read it as {fmt} ({type(exc).__name__}: {exc}); "
@@ -78,8 +86,27 @@ def read_particles(path: str | Path, fmt: str = "auto") -> ParticleSet:
         ) from exc
     provenance = {"source": str(path), "format": fmt, "sha256": sha256_file(path), **extra}
     particles = ParticleSet(*_assemble(columns, found, path, fmt), provenance)
-    validate_particles(particles, str(path))
+    validate_particles(particles, str(path), max_speed_kms)
     return particles
+
+
+def check_particle_file(path: str | Path) -> Path:
+    """The absolute path of an existing, readable, non-empty particle file.
+
+    Raises:
+        InputError: there is no file at ``path``, or it is empty.
+        AccessError: the file cannot be read.
+    """
+    path = Path(path).absolute()
+    if not path.is_file():
+        what = "is a directory, not a file" if path.is_dir() else "does not exist"
+        raise InputError(f"{path}: the particle file {what}; check the path (galaxy.source)")
+    if not os.access(path, os.R_OK):
+        raise AccessError(f"{path}: cannot read the particle file (permission denied); fix "
+                          "its permissions or copy it somewhere readable")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: the file is empty (0 bytes); re-copy or re-export it")
+    return path
 
 
 def sha256_file(path: Path, chunk_bytes: int = 1 << 20) -> str:
@@ -92,14 +119,42 @@ def sha256_file(path: Path, chunk_bytes: int = 1 << 20) -> str:
 
 
 def _format(path: Path, fmt: str) -> str:
+    """The format to read ``path`` as: ``fmt``, or by extension for "auto"; its first bytes
+    must not say otherwise."""
     if fmt not in FORMATS:
-        raise InputError(f"{path}: unknown format '{fmt}'; use one of {', '.join(FORMATS)}")
+        raise InputError(f"{path}: unknown format '{fmt}' (galaxy.format); use one of "
+                         f"{', '.join(FORMATS)}")
+    sniffed = _sniff(path)
     if fmt == "auto" and path.suffix.lower() not in EXTENSIONS:
+        hint = f"it looks like {sniffed}: " if sniffed else ""
         raise InputError(
-            f"{path}: cannot tell the format from the extension '{path.suffix}'; "
-            f"use one of {', '.join(EXTENSIONS)} or pass fmt= ({', '.join(FORMATS[1:])})"
+            f"{path}: cannot tell the format from the extension '{path.suffix}'; {hint}"
+            f"set galaxy.format (one of {', '.join(FORMATS[1:])}) or rename it to one of "
+            f"{', '.join(EXTENSIONS)}"
         )
-    return EXTENSIONS[path.suffix.lower()] if fmt == "auto" else fmt
+    chosen = EXTENSIONS[path.suffix.lower()] if fmt == "auto" else fmt
+    container = _FAMILY.get(chosen, chosen)
+    if sniffed is None and container in MAGIC_BYTES.values():
+        raise InputError(f"{path}: not a {container} file (it lacks the {container} signature "
+                         "in its first bytes); if it is CSV text, rename it to .csv or set "
+                         "galaxy.format: csv, else re-copy or re-export it")
+    if sniffed is not None and sniffed != container:
+        named = (f"galaxy.format is '{fmt}'" if fmt != "auto"
+                 else f"its name says {chosen}")
+        suffix = next(ext for ext, name in EXTENSIONS.items() if name == sniffed)
+        raise InputError(f"{path}: this is a {sniffed} file, but {named}; rename it to "
+                         f"{path.stem}{suffix} or set galaxy.format: {sniffed}")
+    return chosen
+
+
+def _sniff(path: Path) -> str | None:
+    """The format the file's first bytes identify (see :data:`MAGIC_BYTES`), or None."""
+    with path.open("rb") as stream:
+        head = stream.read(8)
+    found = next((name for magic, name in MAGIC_BYTES.items() if head.startswith(magic)), None)
+    if found is None and h5py.is_hdf5(path):  # an HDF5 file behind a user block
+        return "hdf5"
+    return found
 
 
 def _assemble(
@@ -149,7 +204,23 @@ def _read_parquet(path: Path) -> tuple[Columns, list, dict]:
 
 def _read_csv(path: Path) -> tuple[Columns, list, dict]:
     frame = pd.read_csv(path, skipinitialspace=True, comment="#")
+    if frame.isna().to_numpy().any():  # pandas fills the missing fields of short rows
+        _check_row_lengths(path, len(frame.columns))
     return _pick(lambda c: frame[c].to_numpy(), [str(c) for c in frame.columns])
+
+
+def _check_row_lengths(path: Path, n_fields: int) -> None:
+    """Raise InputError at the first data row with fewer fields than the header."""
+    with path.open(newline="") as stream:
+        lines = (line for line in stream if line.strip() and not line.lstrip().startswith("#"))
+        rows = csv.reader(lines, skipinitialspace=True)
+        next(rows, None)  # the header
+        for index, row in enumerate(rows):
+            if len(row) < n_fields:
+                raise InputError(
+                    f"{path}: row {index} has {len(row)} of the header's {n_fields} fields; "
+                    "the file looks truncated or cut short there: re-copy or re-export it"
+                )
 
 
 def _read_npy(path: Path) -> tuple[Columns, list, dict]:

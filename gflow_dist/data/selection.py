@@ -25,11 +25,12 @@ def select_sphere(
     ``source`` names the particles in errors (default: their provenance ``source``).
 
     Raises:
-        ValueError: ``r_max_kpc`` is not a positive finite number.
-        InputError: no particle lies inside the sphere.
+        InputError: ``r_max_kpc`` is not a positive finite number, or no particle lies
+            inside the sphere.
     """
     if not np.isfinite(r_max_kpc) or r_max_kpc <= 0:
-        raise ValueError(f"r_max_kpc must be a positive number of kpc, got {r_max_kpc}")
+        raise InputError(f"galaxy.r_max_kpc must be a positive, finite number of kpc, "
+                         f"got {r_max_kpc}")
     sun = _sun(sun_position_kpc)
     distance = np.linalg.norm(particles.positions - sun, axis=1)
     inside = distance < r_max_kpc
@@ -108,17 +109,18 @@ def split_train_test(
     the input.
 
     Raises:
-        ValueError: ``test_fraction`` is not strictly between 0 and 1.
-        InputError: either part would be empty.
+        InputError: ``test_fraction`` is not strictly between 0 and 1, or either part
+            would be empty.
     """
     if not 0 < test_fraction < 1:
-        raise ValueError(f"test_fraction must be strictly between 0 and 1, got {test_fraction}")
+        raise InputError(f"split.test_fraction must be strictly between 0 and 1, "
+                         f"got {test_fraction}")
     n = len(particles)
     n_test = int(np.floor(n * test_fraction))
     if n_test == 0 or n_test == n:
         raise InputError(
             f"{particles.provenance.get('source', 'the particle set')}: cannot split {n} "
-            f"particle(s) with test_fraction={test_fraction}: one part would be empty; "
+            f"particle(s) with split.test_fraction = {test_fraction:g}: one part would be empty; "
             "select more particles (larger r_max)"
         )
     order = np.random.default_rng(seed).permutation(n)
@@ -128,7 +130,8 @@ def split_train_test(
 def _sun(sun_position_kpc: Sequence[float]) -> np.ndarray:
     sun = np.asarray(sun_position_kpc, dtype=np.float64)
     if sun.shape != (3,) or not np.isfinite(sun).all():
-        raise ValueError(f"sun_position_kpc must be 3 finite numbers (kpc), got {sun_position_kpc}")
+        raise InputError(f"galaxy.sun_position_kpc must be 3 finite numbers (kpc), "
+                         f"got {sun_position_kpc}")
     return sun
 
 

@@ -37,6 +37,29 @@ Star particles move at 10-600 km/s (median ~200 km/s); the same speeds are 1e4-6
 and 1e6-6e7 cm/s. No galaxy has a median stellar speed of 1e4 km/s (3% of light speed).
 """
 
+DEFAULT_MAX_SPEED_KMS = 3000.0
+"""Default ``galaxy.max_speed_kms``: the fastest Galactocentric speed |v| [km/s] accepted.
+
+1% of the speed of light and five times the Milky Way's escape speed near the Sun
+(~550 km/s); the fastest known hypervelocity stars move at ~1,700 km/s. A faster particle
+is a corrupt value or a unit slip, and its stars would be drawn faster still.
+"""
+
+MAX_RADIUS_KPC = 1e6
+"""Largest distance from the galaxy centre [kpc] accepted for a particle (1 Gpc).
+
+Larger than any simulation box a galaxy is taken from (TNG300: ~3e5 kpc); a particle
+beyond it is a corrupt value or a unit slip.
+"""
+
+MASS_RANGE_MSUN = (1e-3, 1e10)
+"""Accepted star particle masses [M☉], inclusive.
+
+Star-by-star simulations resolve single stars down to ~0.08 M☉ (brown dwarfs to ~0.01);
+the coarsest cosmological runs have star particles of ~1e7-1e8 M☉. Outside the range a
+mass is a unit slip (g, code units, 1e10 M☉/h) or a corrupt value.
+"""
+
 REFERENCE_RADIUS_KPC = 8.0
 """Typical median radius [kpc]: the suspected length unit is the one closest to it (log scale)."""
 
@@ -47,11 +70,15 @@ _LENGTH_UNITS_IN_KPC = {"m": 1.0 / 3.0856775814913673e19, "cm": 1.0 / 3.08567758
 _SPEED_UNITS_IN_KMS = {"m/s": 1e-3, "cm/s": 1e-5}
 
 
-def validate_particles(particles: ParticleSet, source: str) -> None:
+def validate_particles(particles: ParticleSet, source: str,
+                       max_speed_kms: float = DEFAULT_MAX_SPEED_KMS) -> None:
     """Raise InputError if ``particles`` (read from ``source``) hold unusable values.
 
     Checks, in order: NaN/inf in any column, non-positive masses, positions or velocities
-    that look like the wrong unit (kpc and km/s expected), and duplicate 6-D rows.
+    that look like the wrong unit (kpc and km/s expected), then each particle's bounds:
+    distance from the centre up to :data:`MAX_RADIUS_KPC`, speed up to ``max_speed_kms``
+    [km/s] (``galaxy.max_speed_kms``), mass within :data:`MASS_RANGE_MSUN`; and
+    duplicate 6-D rows.
     """
     for j, name in enumerate(PHASE_SPACE_COLUMNS):
         _check_finite(particles.phase_space[:, j], name, source)
@@ -66,6 +93,7 @@ def validate_particles(particles: ParticleSet, source: str) -> None:
             )
     if len(particles):
         _check_units(particles, source)
+        _check_bounds(particles, source, max_speed_kms)
         _check_duplicates(particles.phase_space, source)
 
 
@@ -112,6 +140,38 @@ def _check_units(particles: ParticleSet, source: str) -> None:
         raise InputError(
             f"{source}: columns 'vx', 'vy', 'vz' look like {unit}, not km/s: the median "
             f"speed is {speed:.3g}; multiply velocities by {factor:g} to convert to km/s"
+        )
+
+
+def _check_bounds(particles: ParticleSet, source: str, max_speed_kms: float) -> None:
+    radius = np.linalg.norm(particles.positions, axis=1)
+    bad = np.flatnonzero(radius > MAX_RADIUS_KPC)
+    if bad.size:
+        raise InputError(
+            f"{source}: columns 'x', 'y', 'z': {bad.size} particle(s) lie farther than "
+            f"{MAX_RADIUS_KPC:g} kpc from the galaxy centre (row {bad[0]}: "
+            f"{radius[bad[0]]:.3g} kpc; rows {_rows(bad)}); fix those positions upstream or "
+            "drop the particles"
+        )
+    speed = np.linalg.norm(particles.velocities, axis=1)
+    bad = np.flatnonzero(speed > max_speed_kms)
+    if bad.size:
+        raise InputError(
+            f"{source}: columns 'vx', 'vy', 'vz': {bad.size} particle(s) move faster than "
+            f"galaxy.max_speed_kms = {max_speed_kms:g} km/s (row {bad[0]}: "
+            f"{speed[bad[0]]:.3g} km/s; rows {_rows(bad)}); fix those velocities upstream, "
+            "drop the particles, or raise galaxy.max_speed_kms if they are real"
+        )
+    if particles.mass is None:
+        return
+    low, high = MASS_RANGE_MSUN
+    bad = np.flatnonzero((particles.mass < low) | (particles.mass > high))
+    if bad.size:
+        raise InputError(
+            f"{source}: column '{MASS_COLUMN}': {bad.size} mass(es) outside the plausible "
+            f"{low:g}-{high:g} Msun of a star particle (row {bad[0]}: "
+            f"{particles.mass[bad[0]]:.3g}; rows {_rows(bad)}); check the mass unit (Msun "
+            "expected) or fix those masses upstream"
         )
 
 

@@ -6,22 +6,53 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
+import socket
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
-from gflow_dist.errors import GflowError
+from gflow_dist.errors import AccessError, GflowError
 
 logger = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT_S = 5.0
+"""How long a cluster address may take to accept a connection [s] before it counts as down."""
+
+
+def check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """Raise AccessError unless ``address`` (``host:port`` or ``ray://host:port``) answers.
+
+    Ray itself retries a dead address for minutes; this fails within ``timeout_s``.
+    ``auto`` (the cluster ``ray start`` left on this machine) is left to Ray.
+    """
+    match = re.fullmatch(r"(?:ray://)?\[?([^\]/]+?)\]?:(\d+)/?", address)
+    if match is None:
+        if address == "auto":
+            return
+        raise AccessError(f"Ray address {address!r} is not host:port or ray://host:port; fix "
+                          "--address, ray.address or RAY_ADDRESS")
+    host, port = match.group(1), int(match.group(2))
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except OSError as error:
+        reason = error.strerror or "timed out"
+        raise AccessError(f"the Ray cluster at {address} does not answer ({reason}, waited at "
+                          f"most {timeout_s:g} s); start it, fix "
+                          "--address, ray.address or RAY_ADDRESS, or leave them unset to run "
+                          "on a private local cluster") from None
 
 
 @contextmanager
 def ray_session(address: str | None = None) -> Iterator[None]:
-    """Use the running Ray session, or connect to ``address``, or start a local one.
+    """Use the running Ray session, or connect to ``address``, or start a private one.
 
-    ``address`` None falls back to ``RAY_ADDRESS`` and then to a new local cluster.
-    A session this function started is shut down on exit. Ray's log deduplication is
-    turned off (unless ``RAY_DEDUP_LOGS`` is set) before Ray is first imported, because it
-    would swallow the progress lines of all but one ensemble member.
+    ``address`` None falls back to ``RAY_ADDRESS``; without either, a new local cluster
+    is started for this process alone (``address="local"``), never a cluster that
+    ``ray start`` left on the machine. A given address must answer within
+    :data:`CONNECT_TIMEOUT_S`. A session this function started is shut down on exit.
+    Ray's log deduplication is turned off (unless ``RAY_DEDUP_LOGS`` is set) before Ray is
+    first imported, because it would swallow the progress lines of all but one ensemble
+    member.
     """
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     import ray
@@ -29,9 +60,15 @@ def ray_session(address: str | None = None) -> Iterator[None]:
     if ray.is_initialized():
         yield
         return
-    address = address or os.environ.get("RAY_ADDRESS")
-    ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING,
-             configure_logging=True)
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address is not None:
+        check_reachable(address)
+    try:
+        ray.init(address=address or "local", include_dashboard=False,
+                 logging_level=logging.WARNING, configure_logging=True)
+    except ConnectionError as error:
+        raise AccessError(f"cannot connect to the Ray cluster at {address or 'local'}: "
+                          f"{error}; fix --address, ray.address or RAY_ADDRESS") from None
     logger.info("Ray resources: %s", ray.cluster_resources())
     try:
         yield

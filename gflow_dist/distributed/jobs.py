@@ -13,10 +13,14 @@ Output layout under ``out``:
 - ``figures/<name>/``: the paper's figures from each catalog;
 - ``report.json``, ``report.md`` and figures: the evaluation (classifier tests, truth
   scores) of the upsamplers;
-- ``run.json``: the resolved config, versions, seeds and frame.
+- ``run.json``: the resolved config, versions, seeds and frame, written once the
+  particles are ingested.
 
 Every stage is idempotent: a rerun with the same config finds its outputs and skips,
-and an interrupted training resumes from its checkpoints.
+and an interrupted training resumes from its checkpoints. Particles ingested from another
+source or selection are never reused: the stages refuse them
+(:func:`~gflow_dist.data.ingest.check_ingested`). Each stage takes the particles
+:func:`gflow_dist.preflight.check_job` already read, when it read them.
 """
 
 from __future__ import annotations
@@ -32,10 +36,11 @@ from gflow_dist.catalog.observables import SolarFrame
 from gflow_dist.catalog.plots import SkyWindow, make_figures
 from gflow_dist.config import RunConfig
 from gflow_dist.data.ingest import (
-    PARTICLES_DIR,
-    TRAIN_FILE,
+    Ingested,
+    check_ingested,
     ingest,
     read_ingested,
+    recorded_ingest_key,
     write_ingested,
 )
 from gflow_dist.distributed.checkpoints import model_checkpoint_uri
@@ -58,32 +63,41 @@ def _echo(message: str) -> None:
     print(message, flush=True)
 
 
-def run_ingest(config: RunConfig, out: Path) -> None:
-    """Select and split the particles, and write them with a summary."""
-    ingested = ingest(config)
+def run_ingest(config: RunConfig, out: Path, ingested: Ingested | None = None) -> None:
+    """Select and split the particles (or take ``ingested``), and write them with a summary."""
+    ingested = ingested or ingest(config)
     folder = write_ingested(ingested, config, out)
     _echo(f"selected {ingested.summary}")
     _echo(f"split into {len(ingested.train):,} train and {len(ingested.test):,} test "
           f"particles -> {folder}")
 
 
-def _ensure_ingested(config: RunConfig, out: Path) -> None:
-    if not (out / PARTICLES_DIR / TRAIN_FILE).exists():
-        run_ingest(config, out)
+def _ensure_ingested(config: RunConfig, out: Path, ingested: Ingested | None = None) -> None:
+    """Ingest unless ``out`` holds particles of this config's source and selection.
+
+    Particles of another source or selection raise InputError (never reused silently).
+    """
+    if not check_ingested(config, out):
+        run_ingest(config, out, ingested)
 
 
-def training_key(config: RunConfig, name: str) -> str:
-    """Hash of everything a model's training depends on (not sampling or cluster settings)."""
+def training_key(config: RunConfig, name: str, particles: dict | None) -> str:
+    """Hash of everything a model's training depends on (not sampling or cluster settings).
+
+    ``particles`` is the ingest key of the train particles (their source's content and
+    selection), so a model is retrained when its particles change.
+    """
     relevant = {key: value for key, value in config.to_dict().items()
                 if key not in ("sample", "ray", "upsamplers")}
     relevant["upsampler"] = name
+    relevant["particles"] = particles
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
 
 
 def train_one(config: RunConfig, name: str, out: Path) -> Upsampler:
     """Fit upsampler ``name`` on the train half, or load it when already trained."""
     directory = out / "models" / name
-    key = training_key(config, name)
+    key = training_key(config, name, recorded_ingest_key(out))
     key_file = directory / TRAINING_DIR / TRAINING_KEY_FILE
     if (directory / SPEC_FILE).exists() and key_file.exists() and key_file.read_text() == key:
         _echo(f"{name}: already trained with this config -> {directory}")
@@ -109,9 +123,10 @@ def train_one(config: RunConfig, name: str, out: Path) -> Upsampler:
     return model
 
 
-def run_train(config: RunConfig, out: Path) -> dict[str, Upsampler]:
+def run_train(config: RunConfig, out: Path,
+              ingested: Ingested | None = None) -> dict[str, Upsampler]:
     """Fit every configured upsampler."""
-    _ensure_ingested(config, out)
+    _ensure_ingested(config, out, ingested)
     return {name: train_one(config, name, out) for name in config.upsamplers}
 
 
@@ -122,12 +137,12 @@ def sample_count(config: RunConfig, n_train: int) -> int:
     return round(config.sample.factor * n_train)
 
 
-def run_sample(config: RunConfig, out: Path) -> None:
+def run_sample(config: RunConfig, out: Path, ingested: Ingested | None = None) -> None:
     """Draw and publish each upsampler's stars under ``out/samples/<name>``, in this process.
 
     The catalog's stars, as a flat file: the same shard plan, seeds and star_ids.
     """
-    models = run_train(config, out)
+    models = run_train(config, out, ingested)
     train, _ = read_ingested(out)
     plan = ShardPlan(sample_count(config, len(train)), config.sample.shard_size, config.seed)
     for name, model in models.items():
@@ -149,14 +164,14 @@ def catalog_dir(out: Path, name: str) -> Path:
     return out / "catalog" / name
 
 
-def run_catalog(config: RunConfig, out: Path) -> None:
+def run_catalog(config: RunConfig, out: Path, ingested: Ingested | None = None) -> None:
     """Draw each upsampler's stars in shards on Ray into HEALPix-partitioned catalogs.
 
     The shards follow ``ShardPlan(n, sample.shard_size, seed)``: each has its own seed, a
     rerun reuses the shards already drawn, and the catalog is published all at once
     (:mod:`gflow_dist.distributed.sharded_catalog`). Then the figures are drawn from it.
     """
-    run_train(config, out)
+    run_train(config, out, ingested)
     frame = SolarFrame.from_config(config)
     train, _ = read_ingested(out)
     n = sample_count(config, len(train))
@@ -176,26 +191,27 @@ def run_catalog(config: RunConfig, out: Path) -> None:
         _echo(f"{name}: {len(figures)} figures -> {out / 'figures' / name}")
 
 
-def run_evaluate(config: RunConfig, out: Path) -> None:
+def run_evaluate(config: RunConfig, out: Path, ingested: Ingested | None = None) -> None:
     """Compare the configured upsamplers with the classifier tests; write the report."""
     if len(config.upsamplers) < 2:
         _echo(f"evaluate: skipped, the multi-model test needs 2 or more upsamplers "
               f"(configured: {', '.join(config.upsamplers)})")
         return
-    models = run_train(config, out)
+    models = run_train(config, out, ingested)
     train, test = read_ingested(out)
     evaluate(config, models, train, test, out,
              model_dirs={name: out / "models" / name for name in models})
 
 
-def run_all(config: RunConfig, out: Path) -> None:
+def run_all(config: RunConfig, out: Path, ingested: Ingested | None = None) -> None:
     """The main job: ingest → train → catalog → evaluate.
 
     The catalog stage draws the stars, in shards on the cluster; ``gflow sample`` writes
     the same stars as a flat file in one process, so the main job leaves it out.
+    ``run.json`` is written once the particles are.
     """
+    run_ingest(config, out, ingested)
     write_run_record(config, out)
-    run_ingest(config, out)
     run_catalog(config, out)
     if config.evaluate.enabled:
         run_evaluate(config, out)
