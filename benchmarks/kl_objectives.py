@@ -37,35 +37,65 @@ from torch import nn
 from gflow_dist.data.mock import MockGalaxy
 from gflow_dist.data.selection import split_train_test
 from gflow_dist.evaluate.truth import kl_divergence
-from gflow_dist.flows.member import WEIGHTS_FILE, FlowObjective, MemberFlows, train_member
+from gflow_dist.flows.member import (
+    FINETUNE_STAGE,
+    WEIGHTS_FILE,
+    FlowObjective,
+    MemberFlows,
+    train_member,
+)
 from gflow_dist.flows.training import Recipe
 from gflow_dist.flows.upsampler import CNFUpsampler
 from gflow_dist.preprocess import Preprocessor
 
 
 class CurveRecorder:
-    """Keeps each flow's state after the chosen epoch counts and its last one, and the
-    process CPU time [s] (all threads) at the end of every epoch."""
+    """Each flow's state after chosen epochs of each training stage (flow matching or
+    likelihood, then the likelihood fine-tune), and the process CPU time [s] (all threads)
+    at the end of every epoch.
 
-    def __init__(self, snapshot_epochs: set[int]) -> None:
-        self.snapshot_epochs = snapshot_epochs
+    Within the first stage, states are kept after the epoch counts of ``schedule`` and the
+    last epoch; within a fine-tune, after every epoch.
+    """
+
+    def __init__(self, schedule: set[int]) -> None:
+        self.schedule = schedule
         self.start = time.process_time()
-        self.times: dict[str, list[float]] = {"position": [], "velocity": []}
-        self.states: dict[str, dict[int, dict]] = {"position": {}, "velocity": {}}
+        self.times: dict[str, list[tuple[str, float]]] = {"position": [], "velocity": []}
+        self.states: dict[str, dict[tuple[str, int], dict]] = {"position": {}, "velocity": {}}
 
     def __call__(self, flow: str, model: nn.Module, phase: str, epoch: int) -> None:
-        self.times[flow].append(time.process_time())
-        count = len(self.times[flow])
-        self.states[flow] = {k: v for k, v in self.states[flow].items()
-                             if k in self.snapshot_epochs}  # drop the previous last state
-        self.states[flow][count] = copy.deepcopy(model.state_dict())
+        stage = FINETUNE_STAGE if phase.startswith(FINETUNE_STAGE) else "first"
+        self.times[flow].append((stage, time.process_time()))
+        count = sum(1 for s, _ in self.times[flow] if s == stage)
+        kept = self.states[flow]
+        last = [key for key in kept if key[0] == stage and key[1] not in self.schedule]
+        if stage == "first":
+            for key in last:  # only the latest unscheduled state is kept
+                del kept[key]
+        kept[(stage, count)] = copy.deepcopy(model.state_dict())
 
-    def point(self, count: int) -> tuple[float, dict, dict]:
-        """CPU seconds to train both flows for ``count`` epochs, and their states then."""
-        n_r, n_v = (min(count, len(self.times[f])) for f in ("position", "velocity"))
-        seconds = (self.times["position"][n_r - 1] - self.start
-                   + self.times["velocity"][n_v - 1] - self.times["position"][-1])
-        return seconds, self.states["position"][n_r], self.states["velocity"][n_v]
+    def stages(self) -> list[str]:
+        return list(dict.fromkeys(stage for stage, _ in self.times["position"]))
+
+    def counts(self, stage: str) -> list[int]:
+        """The epoch counts of ``stage`` with a point on the curve."""
+        longest = max(sum(1 for s, _ in t if s == stage) for t in self.times.values())
+        every = range(1, longest + 1)
+        return [c for c in every if stage != "first" or c in self.schedule or c == longest]
+
+    def point(self, stage: str, count: int) -> tuple[float, dict, dict]:
+        """CPU seconds to train both flows to epoch ``count`` of ``stage``, and their states."""
+        seconds, states = 0.0, []
+        previous_end = self.start
+        for flow in ("position", "velocity"):
+            times = self.times[flow]
+            indices = [i for i, (s, _) in enumerate(times) if s == stage]
+            index = indices[min(count, len(indices)) - 1]
+            seconds += times[index][1] - previous_end
+            states.append(self.states[flow][(stage, min(count, len(indices)))])
+            previous_end = times[-1][1]
+        return seconds, states[0], states[1]
 
 
 def _snapshot_schedule(last: int, points: int) -> set[int]:
@@ -98,8 +128,7 @@ def main() -> None:
     objective = FlowObjective(args.objective, args.finetune)
     galaxy = MockGalaxy()
     sun, r_max = galaxy.sun_position_kpc, galaxy.r_max_kpc
-    phases = 2 if recipe.refine else 1
-    last = phases * max_epochs + (phases * args.finetune if not likelihood else 0)
+    last = (2 if recipe.refine else 1) * max_epochs
     results = {"objective": asdict(objective), "recipe": asdict(recipe),
                "train_particles": args.train, "runs": []}
     for seed in args.seeds:
@@ -108,8 +137,7 @@ def main() -> None:
         preprocessor = Preprocessor.fit(train.phase_space, sun, r_max)
         positions, _ = preprocessor.positions_forward(train.positions)
         velocities, _ = preprocessor.velocities_forward(train.velocities)
-        schedule = _snapshot_schedule(last, args.points)
-        recorder = CurveRecorder(schedule)
+        recorder = CurveRecorder(_snapshot_schedule(last, args.points))
         with tempfile.TemporaryDirectory() as scratch:
             train_member(positions, velocities, CNFUpsampler.architecture_type(), recipe, 0.2,
                          seed, scratch, device="cpu", objective=objective,
@@ -121,16 +149,19 @@ def main() -> None:
             log_true = galaxy.log_prob(test.phase_space)
             final = kl_divergence(log_true, model.log_prob(test.phase_space))
             curve = []
-            longest = max(len(t) for t in recorder.times.values())
-            for count in sorted(c for c in schedule | {longest} if c <= longest):
-                seconds, state_r, state_v = recorder.point(count)
-                model.members[0].position.load_state_dict(state_r)
-                model.members[0].velocity.load_state_dict(state_v)
-                kl = kl_divergence(log_true, model.log_prob(test.phase_space))
-                curve.append({"epochs": count, "cpu_minutes": seconds / 60, "kl": kl})
-                print(f"seed {seed} {args.objective} epochs {count}: "
-                      f"{seconds / 60:.2f} CPU-min, KL {kl[0]:.4f} ± {kl[1]:.4f}", flush=True)
-        epochs = {flow: len(times) for flow, times in recorder.times.items()}
+            for stage in recorder.stages():
+                for count in recorder.counts(stage):
+                    seconds, state_r, state_v = recorder.point(stage, count)
+                    model.members[0].position.load_state_dict(state_r)
+                    model.members[0].velocity.load_state_dict(state_v)
+                    kl = kl_divergence(log_true, model.log_prob(test.phase_space))
+                    curve.append({"stage": stage, "epochs": count, "cpu_minutes": seconds / 60,
+                                  "kl": kl})
+                    print(f"seed {seed} {stage} epochs {count}: {seconds / 60:.2f} CPU-min, "
+                          f"KL {kl[0]:.4f} ± {kl[1]:.4f}", flush=True)
+        epochs = {flow: {stage: sum(1 for s, _ in times if s == stage)
+                         for stage in recorder.stages()}
+                  for flow, times in recorder.times.items()}
         run = {"seed": seed, "epochs": epochs, "cpu_minutes": total_cpu / 60,
                "final_kl": final, "curve": curve}
         print(json.dumps({k: v for k, v in run.items() if k != "curve"}), flush=True)
