@@ -114,7 +114,10 @@ def test_mock_config_is_a_small_demo():
     assert config.galaxy.r_max_kpc == 3.5
     assert config.galaxy.mock.n_particles <= 100_000
     assert config.galaxy.mock.particle_mass_msun == 5000.0
-    assert config.cnf.ensemble_size <= 2 and config.cnf.max_epochs <= 20
+    # Likelihood epochs cost ~80 solver steps per point; flow-matching epochs one field call.
+    likelihood_epochs = (config.cnf.max_epochs if config.cnf.objective == "likelihood"
+                         else config.cnf.likelihood_finetune_epochs)
+    assert config.cnf.ensemble_size <= 2 and likelihood_epochs <= 20
     assert config.sample.factor is None and config.sample.total <= 1_000_000
     assert config.evaluate.samples_per_particle <= 10 and config.evaluate.max_epochs <= 10
 
@@ -123,11 +126,12 @@ def test_mock_config_scales_to_the_paper_budget_with_the_documented_overrides():
     """The --set line in mock.yaml's header gives the paper-sized run."""
     text = (CONFIG_DIR / "mock.yaml").read_text()
     overrides = [
-        "galaxy.mock.n_particles=500000", "cnf.ensemble_size=10", "cnf.max_epochs=100000",
+        "galaxy.mock.n_particles=500000", "cnf.objective=likelihood",
+        "cnf.likelihood_finetune_epochs=0", "cnf.ensemble_size=10", "cnf.max_epochs=100000",
         "cnf.patience=50", "sample.total=null", "sample.factor=500",
         "evaluate.samples_per_particle=200", "evaluate.max_epochs=100000",
         "evaluate.patience=100", "evaluate.batches_per_epoch=1000", "evaluate.refine=true",
-        "evaluate.two_sample=true",
+        "evaluate.two_sample=true", "evaluate.truth_auc=true",
     ]
     for item in overrides:
         assert f"--set {item}" in text

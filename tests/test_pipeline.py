@@ -20,8 +20,8 @@ import xarray as xr
 from gflow_dist import upsamplers
 from gflow_dist.cli import main
 from gflow_dist.config import load_config
-from gflow_dist.errors import EXIT_INPUT
 from gflow_dist.data.ingest import read_ingested
+from gflow_dist.errors import EXIT_INPUT
 from gflow_dist.evaluate.classifier import ClassifierSettings
 from gflow_dist.evaluate.classifier_tests import multi_model_test
 from gflow_dist.evaluate.draws import CLASSIFIER_STREAM, draw_for_evaluation, evaluation_seed
