@@ -183,11 +183,7 @@ _HEADER = ["upsampler", "LP(C)", "AUC vs particles", "KL(truth‖model) [nats]",
 
 def render_table(report: Mapping[str, Any]) -> str:
     """The scores as an aligned plain-text table, with the pairwise differences below."""
-    rows = [_HEADER, *_rows(report)]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(_HEADER))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True))
-             for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines = _aligned([_HEADER, *_rows(report)], rule=True)
     for pair, estimate in report["differences"].items():
         sigma = estimate["value"] / estimate["stderr"] if estimate["stderr"] else float("inf")
         lines.append(f"LP({pair.replace(' - ', ') − LP(')}) = {_pm(estimate)} ({sigma:+.1f}σ)")
@@ -195,12 +191,17 @@ def render_table(report: Mapping[str, Any]) -> str:
     lines.append(f"multi-model classifier AUC: {auc}")
     components = report.get("truth", {}).get("components")
     if components:
-        rows = _component_rows(report["upsamplers"], components)
-        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
         lines += ["", "per component: KL [nats] / share of its stars reproduced (1 = truth)"]
-        lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True))
-                  for row in rows]
+        lines += _aligned(_component_rows(report["upsamplers"], components))
     return "\n".join(lines)
+
+
+def _aligned(rows: list[list[str]], rule: bool = False) -> list[str]:
+    """Rows of cells as lines whose columns line up; ``rule`` underlines the first row."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True))
+             for row in rows]
+    return lines[:1] + ["  ".join("-" * w for w in widths)] + lines[1:] if rule else lines
 
 
 def _component_rows(names: list[str], components: Mapping[str, Any]) -> list[list[str]]:
