@@ -55,7 +55,9 @@ def _reference_leaves(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             go_upper = values[:, axis] >= mean[axis]
             cut = 0.5 * (values[~go_upper, axis].max() + values[go_upper, axis].min())
         else:
-            axis = int(np.argmax((high - low) / root_extent))
+            inside = (values.min(axis=0) > low) & (values.max(axis=0) < high)
+            usable = inside if inside.any() else np.ones(6, bool)
+            axis = int(np.argmax(np.where(usable, (high - low) / root_extent, -np.inf)))
             order = np.lexsort((rows, values[:, axis]))
             go_upper = np.zeros(n, bool)
             go_upper[order[n // 2:]] = True
@@ -241,3 +243,14 @@ def test_mass_weighted_draws_need_masses(mock_split):
         model.fit(ParticleSet(train.phase_space), seed=0)
     model.fit(train, seed=0)
     np.testing.assert_allclose(model.kernels.weights, 1 / len(train))
+
+
+def test_many_copies_of_one_particle_get_leaves_of_positive_volume(mock_galaxy):
+    """21 copies need five duplicate cuts, each on a side the copies are not on yet."""
+    points = mock_galaxy.sample(200, seed=1)
+    points = np.concatenate([points, np.repeat(points[:1], 20, axis=0)])
+    boxes = build_leaf_boxes(points)
+    assert np.all(boxes.sides > 0)
+    assert np.all((boxes.lower <= points) & (points <= boxes.upper))
+    root_volume = np.prod(boxes.root_upper - boxes.root_lower)
+    assert np.prod(boxes.sides, axis=1).sum() == pytest.approx(root_volume, rel=1e-9)

@@ -24,9 +24,12 @@ Well-defined splits for ties and duplicates:
   split, the next-lowest-entropy one that can is used.
 * When no axis can be split, the particles coincide (exact duplicates, or values one
   float spacing apart). The box is then cut along its longest side relative to the root
-  box, at the middle particle in (value, particle index) order: the first ⌊N_p/2⌋
-  particles go to the lower child and the rest to the upper one. Both children hold
-  their particles (on the shared face) and have positive volume, so leaves still tile.
+  box among the sides the particles lie strictly inside of (a side an earlier duplicate
+  cut already put them on would give a child of zero width), at the middle particle in
+  (value, particle index) order: the first ⌊N_p/2⌋ particles go to the lower child and
+  the rest to the upper one. Both children hold their particles (on the shared face) and
+  have positive volume, so leaves still tile. Only more than 2^d copies of one particle
+  exhaust the sides; the longest relative side is then cut all the same.
 
 Every level of the tree is processed at once: the particles of each box are contiguous
 in a permutation, and per-box sums, histograms and extrema are segment reductions
@@ -120,6 +123,18 @@ def _mean_splits(values: np.ndarray, box: np.ndarray, start: np.ndarray,
     return mean, below, above
 
 
+def _duplicate_axes(values: np.ndarray, lower: np.ndarray, upper: np.ndarray,
+                    start: np.ndarray, root_extent: np.ndarray,
+                    boxes: np.ndarray) -> np.ndarray:
+    """The axis to cut each box of coinciding particles along: the longest side relative
+    to the root among those the particles lie strictly inside of (any, if none is)."""
+    inside = ((np.minimum.reduceat(values, start, axis=0) > lower)
+              & (np.maximum.reduceat(values, start, axis=0) < upper))[boxes]
+    relative = ((upper - lower) / root_extent)[boxes]
+    usable = np.where(inside.any(axis=1, keepdims=True), inside, True)
+    return np.argmax(np.where(usable, relative, -np.inf), axis=1)
+
+
 def _duplicate_splits(values: np.ndarray, box: np.ndarray, particle: np.ndarray,
                       start: np.ndarray, count: np.ndarray, axis: np.ndarray,
                       boxes: np.ndarray, go_upper: np.ndarray, cut: np.ndarray) -> None:
@@ -180,7 +195,8 @@ def build_leaf_boxes(points: np.ndarray) -> LeafBoxes:
         go_upper = values[np.arange(len(particle)), axis[box]] >= mean[box, axis[box]]
         if not by_mean.all():
             coinciding = np.flatnonzero(~by_mean)
-            axis[coinciding] = np.argmax((upper - lower)[coinciding] / root_extent, axis=1)
+            axis[coinciding] = _duplicate_axes(values, lower, upper, start, root_extent,
+                                               coinciding)
             _duplicate_splits(values, box, particle, start, count, axis, coinciding,
                               go_upper, cut)
 
