@@ -69,26 +69,29 @@ def _show_config(args: argparse.Namespace, config: RunConfig) -> None:
 
 def _job(stage: str) -> Callable[[argparse.Namespace, RunConfig], None]:
     def run(args: argparse.Namespace, config: RunConfig) -> None:
-        from gflow_dist.distributed import jobs
-        from gflow_dist.distributed.cluster import ray_session
+        from gflow_dist import pipeline
         from gflow_dist.preflight import check_job
 
         out = _output_folder(args)
         ingested = check_job(config, out, stage)  # before Ray starts or anything is written
-        run_stage = getattr(jobs, f"run_{stage}")
+        run_stage = getattr(pipeline, f"run_{stage}")
         if stage == "ingest":  # needs no cluster
             run_stage(config, out, ingested)
             return
+        from gflow_dist.distributed.cluster import ray_session
+        from gflow_dist.distributed.runners import ray_runners
+
         with ray_session(args.address or config.ray.address):
-            run_stage(config, out, ingested)
+            run_stage(config, out, ray_runners(), ingested)
 
     return run
 
 
 def _publish(args: argparse.Namespace, config: RunConfig) -> None:
+    from gflow_dist import pipeline
     from gflow_dist.data.ingest import ingest
-    from gflow_dist.distributed import jobs
     from gflow_dist.distributed.cluster import ray_session
+    from gflow_dist.distributed.runners import ray_runners
     from gflow_dist.preflight import check_writable_folder
     from gflow_dist.publish import publish
     from gflow_dist.release_stores import open_store
@@ -99,7 +102,8 @@ def _publish(args: argparse.Namespace, config: RunConfig) -> None:
         check_writable_folder(Path(args.out))
     if args.staging is not None:
         check_writable_folder(args.staging, "--staging")
-    run = functools.partial(jobs.run_all, ingested=ingest(config))  # checks the particles
+    run = functools.partial(pipeline.run_all, runners=ray_runners(),
+                            ingested=ingest(config))  # checks the particles
     with ray_session(args.address or config.ray.address):
         publish(config, args.out, name, run, args.keep, args.force, args.staging)
 

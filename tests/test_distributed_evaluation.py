@@ -1,4 +1,4 @@
-"""The multi-model classifier test on Ray: sharded draws, a trainer actor, merged LP sums."""
+"""The evaluation's classifier tests on Ray: sharded draws, a trainer actor, merged LP sums."""
 
 from __future__ import annotations
 
@@ -7,12 +7,10 @@ import pytest
 
 from gflow_dist.baselines.enbid import EnbidUpsampler
 from gflow_dist.config import build_config
-from gflow_dist.distributed.evaluation import (
-    distributed_multi_model_test,
-)
+from gflow_dist.distributed.evaluation import RayClassifierTests
 from gflow_dist.errors import GflowError
 from gflow_dist.evaluate.classifier import ClassifierSettings
-from gflow_dist.evaluate.classifier_tests import multi_model_test
+from gflow_dist.evaluate.comparisons import multi_model_test
 from gflow_dist.evaluate.draws import (
     CLASSIFIER_STREAM,
     draw_for_evaluation,
@@ -63,11 +61,26 @@ def saved_models(mock_split, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def distributed_result(ray_cluster, saved_models, mock_split, tmp_path_factory):
-    directories, _ = saved_models
+def remote_draws(ray_cluster, saved_models):
+    _, models = saved_models
+    return RayClassifierTests(CONFIG).draw(models, N_SAMPLES, SEED)
+
+
+@pytest.fixture(scope="module")
+def distributed_result(remote_draws, mock_split, tmp_path_factory):
     _, test_half = mock_split
-    return distributed_multi_model_test(directories, N_SAMPLES, test_half.phase_space, SETTINGS,
-                                        SEED, tmp_path_factory.mktemp("eval"), CONFIG)
+    return RayClassifierTests(CONFIG).multi_model_test(
+        remote_draws, test_half.phase_space, SETTINGS, evaluation_seed(SEED, CLASSIFIER_STREAM),
+        tmp_path_factory.mktemp("eval"))
+
+
+@pytest.mark.ray
+def test_the_ray_draw_is_the_local_draw(remote_draws, saved_models):
+    _, models = saved_models
+    assert list(remote_draws) == list(models)
+    for index, (name, model) in enumerate(models.items()):
+        np.testing.assert_array_equal(remote_draws[name], draw_for_evaluation(
+            model, N_SAMPLES, SEED, index, CONFIG.sample.shard_size, CONFIG.sample.batch_size))
 
 
 @pytest.mark.ray
@@ -89,15 +102,11 @@ def test_merged_shard_sums_equal_one_process_scoring_every_test_particle(distrib
 
 
 @pytest.mark.ray
-def test_distributed_test_equals_the_single_process_one_on_the_same_shard_plan(
-        distributed_result, saved_models, mock_split, tmp_path):
-    _, models = saved_models
+def test_distributed_test_equals_the_single_process_one_on_the_same_stars(
+        distributed_result, remote_draws, mock_split, tmp_path):
     _, test_half = mock_split
-    samples = {name: draw_for_evaluation(model, N_SAMPLES, SEED, index,
-                                          CONFIG.sample.shard_size, CONFIG.sample.batch_size)
-               for index, (name, model) in enumerate(models.items())}
-    assert all(len(rows) == N_SAMPLES for rows in samples.values())
-    local = multi_model_test(samples, test_half.phase_space, SETTINGS,
+    assert all(len(rows) == N_SAMPLES for rows in remote_draws.values())
+    local = multi_model_test(remote_draws, test_half.phase_space, SETTINGS,
                              evaluation_seed(SEED, CLASSIFIER_STREAM), tmp_path)
     remote = distributed_result
     # identical stars: the validation half is the same rows in the same order
@@ -115,11 +124,10 @@ def test_distributed_test_equals_the_single_process_one_on_the_same_shard_plan(
 
 @pytest.mark.ray
 def test_a_classifier_gpu_request_the_cluster_cannot_hold_fails_naming_the_key(
-        ray_cluster, saved_models, mock_split, tmp_path):
-    directories, _ = saved_models
+        remote_draws, mock_split, tmp_path):
     _, test_half = mock_split
     config = build_config({"galaxy": {"source": "mock"},
                            "ray": {"num_gpus_per_classifier": 64}})
     with pytest.raises(GflowError, match="ray.num_gpus_per_classifier=64"):
-        distributed_multi_model_test(directories, N_SAMPLES, test_half.phase_space, SETTINGS,
-                                     SEED, tmp_path, config)
+        RayClassifierTests(config).multi_model_test(remote_draws, test_half.phase_space,
+                                                    SETTINGS, SEED, tmp_path)

@@ -153,7 +153,7 @@ def test_a_killed_actor_resumes_from_its_checkpoint(ray_cluster, mock_split, tmp
     deadline = time.monotonic() + 10  # worker output reaches the driver asynchronously
     while "resuming from" not in output and time.monotonic() < deadline:
         time.sleep(0.2)
-        output += capfd.readouterr().out
+        output += capfd.readouterr().err
     assert f"member 00 seed {resumed.seeds[0]} p(r): resuming from" in output
 
 

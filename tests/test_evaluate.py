@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from gflow_dist.data.ingest import mock_galaxy as configured_mock_galaxy
 from gflow_dist.data.mock import MockGalaxy
 from gflow_dist.data.particles import ParticleSet
 from gflow_dist.evaluate.classifier import ClassifierSettings
-from gflow_dist.evaluate.classifier_tests import multi_model_test, two_sample_auc
+from gflow_dist.evaluate.comparisons import multi_model_test, two_sample_auc
 from gflow_dist.evaluate.components import component_scores
 from gflow_dist.evaluate.report import REPORT_JSON, REPORT_MD, evaluate
 from gflow_dist.flows.training import Recipe
@@ -134,7 +135,7 @@ def test_two_sample_auc_is_near_one_half_for_identical_distributions(mock_galaxy
 
 
 def test_evaluate_writes_the_report_with_truth_scores(known_models, mock_split, tmp_path,
-                                                      capsys):
+                                                      caplog):
     train_half, test_half = mock_split
     config = build_config({
         "galaxy": {"source": "mock"},
@@ -142,7 +143,8 @@ def test_evaluate_writes_the_report_with_truth_scores(known_models, mock_split, 
                      "batches_per_epoch": 20, "max_epochs": 10, "patience": 3,
                      "refine": False},
     })
-    report = evaluate(config, known_models, train_half, test_half, tmp_path)
+    with caplog.at_level(logging.INFO, logger="gflow_dist.evaluate.report"):
+        report = evaluate(config, known_models, train_half, test_half, tmp_path)
     written = json.loads((tmp_path / REPORT_JSON).read_text())
     assert written["upsamplers"] == ["truth", "jitter"]
     assert set(written["log_posterior"]) == {"truth", "jitter"}
@@ -161,8 +163,7 @@ def test_evaluate_writes_the_report_with_truth_scores(known_models, mock_split, 
     assert "| stream |" in markdown and "fine_structure.png" in markdown
     for figure in ("classifier_histograms.png", "fine_structure.png"):
         assert (tmp_path / figure).stat().st_size > 10_000
-    printed = capsys.readouterr().out
-    assert "LP(truth) − LP(jitter)" in printed
+    assert "LP(truth) − LP(jitter)" in caplog.text
 
 
 def mock_galaxy_components() -> tuple[str, ...]:

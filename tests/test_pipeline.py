@@ -23,7 +23,7 @@ from gflow_dist.config import load_config
 from gflow_dist.data.ingest import read_ingested
 from gflow_dist.errors import EXIT_INPUT
 from gflow_dist.evaluate.classifier import ClassifierSettings
-from gflow_dist.evaluate.classifier_tests import multi_model_test
+from gflow_dist.evaluate.comparisons import multi_model_test
 from gflow_dist.evaluate.draws import CLASSIFIER_STREAM, draw_for_evaluation, evaluation_seed
 
 SMALL_RUN = [

@@ -166,6 +166,7 @@ class AnankeUpsampler(Upsampler):
     """
 
     kind = "enbid_ananke"
+    config_sections = ("enbid_ananke",)
 
     def __init__(self, sun_position_kpc: tuple[float, float, float], r_max_kpc: float,
                  neighbours: int = 64) -> None:

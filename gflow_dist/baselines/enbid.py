@@ -187,6 +187,7 @@ class EnbidUpsampler(KernelUpsampler):
     """
 
     kind = "enbid"
+    config_sections = ("enbid",)
 
     @classmethod
     def from_config(cls, config: RunConfig) -> EnbidUpsampler:

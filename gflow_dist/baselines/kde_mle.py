@@ -144,6 +144,7 @@ class KdeMleUpsampler(KernelUpsampler):
     """
 
     kind = "kde_mle"
+    config_sections = ("kde_mle", "enbid")
 
     def __init__(self, sun_position_kpc: Sequence[float], r_max_kpc: float,
                  variance_factor: float = 1 / 12, mass_weighted: bool = False,

@@ -18,6 +18,7 @@ directory or at the URI. Every attempt is recorded in the member's ``attempts.js
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 import time
@@ -32,6 +33,8 @@ from gflow_dist.distributed.checkpoints import CheckpointStore
 from gflow_dist.distributed.cluster import actors_per_cluster, check_resources, node_resources
 from gflow_dist.flows.member import HISTORY_FILE, WEIGHTS_FILE
 from gflow_dist.upsamplers.base import MemberRunner
+
+logger = logging.getLogger(__name__)
 
 MAX_RESTARTS = 3
 """Restarts of a pool actor that died, and retries of the member it was training."""
@@ -162,8 +165,8 @@ def _train_in_pool(function: Callable[..., Path], jobs: Sequence[dict[str, Any]]
                                   f"{run_id}-{k}", max_restarts=MAX_RESTARTS,
                                   max_task_retries=MAX_RESTARTS)
               .remote(function, num_cpus, store.uri if store else None) for k in range(size)]
-    print(f"training {len(todo)} members in {size} Ray actors "
-          f"(num_cpus={num_cpus:g}, num_gpus={num_gpus:g} each)", flush=True)
+    logger.info("training %d members in %d Ray actors (num_cpus=%g, num_gpus=%g each)",
+                len(todo), size, num_cpus, num_gpus)
     try:
         pool = ActorPool(actors)
         position = {index: k for k, index in enumerate(todo)}
@@ -174,8 +177,8 @@ def _train_in_pool(function: Callable[..., Path], jobs: Sequence[dict[str, Any]]
             directory = Path(jobs[index]["directory"])
             if store is not None:
                 store.download(directory.name, directory)
-            print(f"member {index:02d}: trained ({count}/{len(todo)}), "
-                  f"{_best_losses(directory)} -> {directory}", flush=True)
+            logger.info("member %02d: trained (%d/%d), %s -> %s", index, count, len(todo),
+                        _best_losses(directory), directory)
     finally:
         for actor in actors:
             ray.kill(actor)

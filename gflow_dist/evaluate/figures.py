@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
 
 from gflow_dist.data.mock import MockGalaxy  # noqa: E402
-from gflow_dist.evaluate.classifier_tests import MultiModelResult  # noqa: E402
+from gflow_dist.evaluate.comparisons import MultiModelResult  # noqa: E402
 
 BINS = np.linspace(0.0, 1.0, 41)
 

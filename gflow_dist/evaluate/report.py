@@ -19,6 +19,7 @@ A1, and the classifier histograms as PNG), printing the table to the terminal.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -29,9 +30,10 @@ from gflow_dist.config import RunConfig
 from gflow_dist.data.ingest import mock_galaxy
 from gflow_dist.data.particles import ParticleSet
 from gflow_dist.evaluate.classifier import ClassifierSettings
-from gflow_dist.evaluate.classifier_tests import multi_model_test, two_sample_auc
+from gflow_dist.evaluate.comparisons import two_sample_auc
 from gflow_dist.evaluate.components import component_scores
-from gflow_dist.evaluate.draws import CLASSIFIER_STREAM, draw_for_evaluation, evaluation_seed
+from gflow_dist.evaluate.draws import CLASSIFIER_STREAM, evaluation_seed
+from gflow_dist.evaluate.execution import ClassifierTestRunner, InProcessTests
 from gflow_dist.evaluate.figures import classifier_histograms, fine_structure_panels
 from gflow_dist.evaluate.truth import kl_divergence
 from gflow_dist.provenance import run_metadata
@@ -42,9 +44,7 @@ REPORT_MD = "report.md"
 HISTOGRAM_PNG = "classifier_histograms.png"
 FINE_STRUCTURE_PNG = "fine_structure.png"
 
-
-def _echo(message: str) -> None:
-    print(message, flush=True)
+logger = logging.getLogger(__name__)
 
 
 def _kl_entry(log_true: np.ndarray, log_model: np.ndarray) -> dict[str, Any]:
@@ -91,20 +91,21 @@ def _truth_scores(config: RunConfig, models: Mapping[str, Upsampler],
         scores = ([f"AUC {auc[name]:.4f}"] if name in auc else []) + (
             [f"KL(truth ‖ {name}) {_kl_text(kl[name])} nats"] if name in kl else [])
         if scores:
-            _echo(f"truth vs {name}: " + ", ".join(scores))
+            logger.info("truth vs %s: %s", name, ", ".join(scores))
     components = component_scores(truth, models, samples, evaluation_seed(config.seed, 400))
     return {"kl_nats": kl, "auc": auc, "components": components}
 
 
 def evaluate(config: RunConfig, models: Mapping[str, Upsampler], train: ParticleSet,
              test: ParticleSet, out: Path,
-             model_dirs: Mapping[str, Path] | None = None) -> dict[str, Any]:
+             runner: ClassifierTestRunner | None = None) -> dict[str, Any]:
     """Run every configured test on ``models`` and write the report under ``out``.
 
-    With ``model_dirs`` (the saved models, in the same order) the multi-model test runs on
-    Ray: sharded draws, the classifier in an actor and LP scored in shards
-    (:mod:`gflow_dist.distributed.evaluation`); the stars and numbers are the same.
+    ``runner`` draws each upsampler's classifier stars once, and runs the multi-model test
+    on them (default: :class:`~gflow_dist.evaluate.execution.InProcessTests`); every other
+    score reuses the same stars.
     """
+    runner = runner or InProcessTests(config.sample.shard_size, config.sample.batch_size)
     settings = ClassifierSettings.from_config(config.evaluate)
     workdir = out / "evaluation"
     limit = config.evaluate.max_test_particles
@@ -112,19 +113,11 @@ def evaluate(config: RunConfig, models: Mapping[str, Upsampler], train: Particle
         rng = np.random.default_rng(evaluation_seed(config.seed, 2000))
         test = test.subset(np.sort(rng.choice(len(test), limit, replace=False)))
     n_samples = max(2, round(config.evaluate.samples_per_particle * len(train)))
-    _echo(f"evaluate: drawing {n_samples:,} stars per upsampler "
-          f"({config.evaluate.samples_per_particle:g} per train particle)")
-    samples = {name: draw_for_evaluation(model, n_samples, config.seed, index,
-                                         config.sample.shard_size, config.sample.batch_size)
-               for index, (name, model) in enumerate(models.items())}
-    if model_dirs is None:
-        result = multi_model_test(samples, test.phase_space, settings,
-                                  evaluation_seed(config.seed, CLASSIFIER_STREAM), workdir)
-    else:
-        from gflow_dist.distributed.evaluation import distributed_multi_model_test
-
-        result = distributed_multi_model_test(model_dirs, n_samples, test.phase_space,
-                                              settings, config.seed, workdir, config)
+    logger.info("evaluate: drawing %s stars per upsampler (%g per train particle)",
+                f"{n_samples:,}", config.evaluate.samples_per_particle)
+    samples = runner.draw(models, n_samples, config.seed)
+    result = runner.multi_model_test(samples, test.phase_space, settings,
+                                     evaluation_seed(config.seed, CLASSIFIER_STREAM), workdir)
     report: dict[str, Any] = {
         **result.to_dict(),
         "samples_per_upsampler": n_samples,
@@ -154,8 +147,8 @@ def evaluate(config: RunConfig, models: Mapping[str, Upsampler], train: Particle
     (out / REPORT_JSON).write_text(json.dumps(report, indent=2))
     markdown = render_markdown(report, [f.name for f in figures])
     (out / REPORT_MD).write_text(markdown)
-    _echo(render_table(report))
-    _echo(f"evaluate: report -> {out / REPORT_MD}")
+    logger.info("%s", render_table(report))
+    logger.info("evaluate: report -> %s", out / REPORT_MD)
     return report
 
 

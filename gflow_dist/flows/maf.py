@@ -76,6 +76,7 @@ class MAFUpsampler(FlowEnsemble):
     """An ensemble of MAF pairs (kind ``maf``; paper Appendix A). See :class:`FlowEnsemble`."""
 
     kind = "maf"
+    config_sections = ("maf",)
     architecture_type = MAFArchitecture
     compilable = False
     flow_matchable = False

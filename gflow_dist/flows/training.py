@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -85,10 +86,11 @@ def validation_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np
 
 
 class _Progress:
-    """Epoch lines, at most one per ``PROGRESS_SECONDS`` and always the last one.
+    """Epoch lines on stderr, at most one per ``PROGRESS_SECONDS`` and always the last one.
 
     Plain lines rather than a redrawn bar, so that they read the same in a terminal, in a
-    log file and in Ray's forwarded worker output.
+    log file and in Ray's forwarded worker output (Ray passes a worker's stderr on to the
+    driver's stderr).
     """
 
     def __init__(self, label: str) -> None:
@@ -102,7 +104,7 @@ class _Progress:
             self.last = now
             state = "done" if done else "epoch"
             print(f"{self.label}: {state} {epoch + 1}  train {train_loss:.4f}  "
-                  f"validation {val_loss:.4f}  best {best:.4f}", flush=True)
+                  f"validation {val_loss:.4f}  best {best:.4f}", file=sys.stderr, flush=True)
 
 
 _VALIDATION_STREAM = 0x76616C
@@ -162,7 +164,7 @@ def train(flow: nn.Module, loss_fn: LossFn, data: Tensor, context: Tensor | None
         flow.load_state_dict(state["model"])
         best_state = state["best_model"]
         history = History(state["train"], state["validation"], state["best_validation"])
-        print(f"{label}: resuming from {checkpoint}", flush=True)
+        print(f"{label}: resuming from {checkpoint}", file=sys.stderr, flush=True)
     batches = min(recipe.batches_per_epoch, len(data))
     for phase_index, (phase, lr) in enumerate(recipe.phases()):
         if state is not None and phase_index < state["phase_index"]:

@@ -20,6 +20,7 @@ class CNFUpsampler(FlowEnsemble):
     """The paper's CNF ensemble (kind ``cnf``). See :class:`FlowEnsemble` for the arguments."""
 
     kind = "cnf"
+    config_sections = ("cnf",)
     architecture_type = Architecture
 
     @classmethod

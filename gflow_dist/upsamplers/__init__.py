@@ -22,12 +22,17 @@ def _registry() -> dict[str, type[Upsampler]]:
     return {cls.kind: cls for cls in kinds}
 
 
-def create(name: str, config: RunConfig) -> Upsampler:
-    """A new, unfitted upsampler of kind ``name`` configured by ``config``."""
+def kind(name: str) -> type[Upsampler]:
+    """The upsampler class of kind ``name`` (``upsamplers:`` in the config)."""
     registry = _registry()
     if name not in registry:
         raise GflowError(f"unknown upsampler {name!r}; known: {sorted(registry)}")
-    return registry[name].from_config(config)
+    return registry[name]
+
+
+def create(name: str, config: RunConfig) -> Upsampler:
+    """A new, unfitted upsampler of kind ``name`` configured by ``config``."""
+    return kind(name).from_config(config)
 
 
 def model_hash(directory: str | Path) -> str:
@@ -57,4 +62,4 @@ def load(directory: str | Path) -> Upsampler:
     return registry[kind].from_saved(spec, directory)
 
 
-__all__ = ["Upsampler", "create", "load", "model_hash"]
+__all__ = ["Upsampler", "create", "kind", "load", "model_hash"]

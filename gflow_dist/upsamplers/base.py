@@ -49,6 +49,10 @@ class Upsampler(ABC):
 
     window: SelectionWindow
 
+    config_sections: ClassVar[tuple[str, ...]] = ()
+    """The run config sections that its fit reads besides ``galaxy``, ``split`` and
+    ``seed``: a change to any other section keeps a trained model."""
+
     has_density: ClassVar[bool] = True
     """Whether :meth:`log_prob` gives the density of the stars (every built-in one does)."""
 

@@ -1,4 +1,4 @@
-"""The classifier tests: multi-model (paper §5.3) and two-sample (paper §5.2).
+"""The classifier comparisons of upsamplers: multi-model (paper §5.3) and two-sample (§5.2).
 
 Multi-model: every upsampler draws the same number of stars inside the selection window;
 an N-class classifier learns to tell them apart; on test particles that no upsampler saw,
@@ -72,6 +72,16 @@ def summarize_posteriors(names: list[str], sums: PosteriorSums
     return scores, differences
 
 
+def validation_auc(classifier: TrainedClassifier, names: list[str]) -> dict[str, float]:
+    """AUC on the classifier's validation stars: for 2 upsamplers {"binary": AUC of
+    p(second|x)}, else the one-vs-rest AUC of each upsampler."""
+    probabilities = np.exp(classifier.log_posterior(classifier.validation_rows))
+    labels = classifier.validation_labels
+    if len(names) == 2:
+        return {"binary": binary_auc(probabilities[:, 1], labels == 1)}
+    return dict(zip(names, one_vs_rest_auc(probabilities, labels), strict=True))
+
+
 def multi_model_test(samples: Mapping[str, np.ndarray], test_particles: np.ndarray,
                      settings: ClassifierSettings, seed: int, workdir: Path) -> MultiModelResult:
     """Run the multi-model classifier test.
@@ -90,13 +100,8 @@ def multi_model_test(samples: Mapping[str, np.ndarray], test_particles: np.ndarr
                                   workdir / "multi_model.ckpt", "classifier " + " vs ".join(names))
     test_output = classifier.log_posterior(test_particles)
     scores, differences = summarize_posteriors(names, PosteriorSums.of(test_output))
-    probabilities = np.exp(classifier.log_posterior(classifier.validation_rows))
-    labels = classifier.validation_labels
-    if len(names) == 2:
-        auc = {"binary": binary_auc(probabilities[:, 1], labels == 1)}
-    else:
-        auc = dict(zip(names, one_vs_rest_auc(probabilities, labels), strict=True))
-    return MultiModelResult(names, scores, differences, auc, test_output, classifier)
+    return MultiModelResult(names, scores, differences, validation_auc(classifier, names),
+                            test_output, classifier)
 
 
 def two_sample_auc(reference: np.ndarray, generated: np.ndarray, settings: ClassifierSettings,

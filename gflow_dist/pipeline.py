@@ -1,4 +1,10 @@
-"""Job entrypoints: ingest → train → sample → catalog → evaluate, functions of (config, out).
+"""The stages of a run: ingest → train → catalog → evaluate (and ``sample``), with the
+cluster as a parameter.
+
+Each stage is a function of (config, out, runners). :class:`Runners` says where the
+parallel work goes: ensemble members, the catalog's shards and partitions, and the
+evaluation's draws and classifier. :func:`gflow_dist.distributed.runners.ray_runners`
+runs it on a Ray cluster; the stages themselves never import Ray.
 
 Output layout under ``out``:
 
@@ -6,8 +12,7 @@ Output layout under ``out``:
 - ``models/<name>/``: a saved upsampler (``spec.json`` + weights) and ``training/``
   (per-member checkpoints and loss curves);
 - ``catalog/<name>/hats/`` (HATS Parquet: lsdb, Dask) and ``catalog/<name>/stars.zarr``
-  (xarray): stars drawn in seeded shards on Ray with their observables, partitioned by
-  HEALPix;
+  (xarray): stars drawn in seeded shards with their observables, partitioned by HEALPix;
 - ``samples/<name>/``, written by ``gflow sample`` only: the same stars (same star_id,
   same shards) as flat Parquet parts of x…vz, drawn in one process;
 - ``figures/<name>/``: the paper's figures from each catalog;
@@ -16,8 +21,9 @@ Output layout under ``out``:
 - ``run.json``: the resolved config, versions, seeds and frame, written once the
   particles are ingested.
 
-Every stage is idempotent: a rerun with the same config finds its outputs and skips,
-and an interrupted training resumes from its checkpoints. Particles ingested from another
+Progress goes to the ``gflow_dist.pipeline`` logger. Every stage is idempotent: a rerun
+with the same config finds its outputs and skips, and an interrupted training resumes
+from its checkpoints. Particles ingested from another
 source or selection are never reused: the stages refuse them
 (:func:`~gflow_dist.data.ingest.check_ingested`). Each stage takes the particles
 :func:`gflow_dist.preflight.check_job` already read, when it read them.
@@ -29,6 +35,8 @@ import hashlib
 import json
 import logging
 import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from gflow_dist import upsamplers
@@ -43,33 +51,51 @@ from gflow_dist.data.ingest import (
     recorded_ingest_key,
     write_ingested,
 )
-from gflow_dist.distributed.checkpoints import model_checkpoint_uri
-from gflow_dist.distributed.sharded_catalog import write_sharded_catalog
-from gflow_dist.distributed.training import ray_member_runner
+from gflow_dist.evaluate.execution import ClassifierTestRunner
 from gflow_dist.evaluate.report import evaluate
 from gflow_dist.provenance import run_metadata
 from gflow_dist.sample.shards import ShardPlan
 from gflow_dist.sample.writer import write_samples
 from gflow_dist.upsamplers import model_hash
-from gflow_dist.upsamplers.base import SPEC_FILE, Upsampler
+from gflow_dist.upsamplers.base import SPEC_FILE, MemberRunner, Upsampler
 
 logger = logging.getLogger(__name__)
 
 TRAINING_DIR = "training"
 TRAINING_KEY_FILE = "training_key.json"
 
+MemberRunnerFactory = Callable[[RunConfig, str, str], MemberRunner]
+"""(config, upsampler name, training key) → the runner that trains that model's members."""
 
-def _echo(message: str) -> None:
-    print(message, flush=True)
+CatalogWriter = Callable[[Path, int, int, Path, RunConfig, dict[str, str]], dict]
+"""(model dir, stars, seed, catalog folder, config, metadata) → the published manifest."""
+
+
+@dataclass(frozen=True)
+class Runners:
+    """Where each stage's parallel work runs.
+
+    Attributes:
+        members: makes the runner of one model's ensemble members.
+        catalog: draws and publishes one model's catalog.
+        classifier_tests: makes the runner of the evaluation's draws and classifier.
+    """
+
+    members: MemberRunnerFactory
+    catalog: CatalogWriter
+    classifier_tests: Callable[[RunConfig], ClassifierTestRunner]
 
 
 def run_ingest(config: RunConfig, out: Path, ingested: Ingested | None = None) -> None:
-    """Select and split the particles (or take ``ingested``), and write them with a summary."""
+    """Select and split the particles (or take ``ingested``), and write them with a summary.
+
+    Ingesting needs no cluster, so it takes no runners.
+    """
     ingested = ingested or ingest(config)
     folder = write_ingested(ingested, config, out)
-    _echo(f"selected {ingested.summary}")
-    _echo(f"split into {len(ingested.train):,} train and {len(ingested.test):,} test "
-          f"particles -> {folder}")
+    logger.info("selected %s", ingested.summary)
+    logger.info("split into %s train and %s test particles -> %s", f"{len(ingested.train):,}",
+                f"{len(ingested.test):,}", folder)
 
 
 def _ensure_ingested(config: RunConfig, out: Path, ingested: Ingested | None = None) -> None:
@@ -82,25 +108,29 @@ def _ensure_ingested(config: RunConfig, out: Path, ingested: Ingested | None = N
 
 
 def training_key(config: RunConfig, name: str, particles: dict | None) -> str:
-    """Hash of everything a model's training depends on (not sampling or cluster settings).
+    """Hash of everything model ``name``'s training depends on, and nothing else.
 
-    ``particles`` is the ingest key of the train particles (their source's content and
-    selection), so a model is retrained when its particles change.
+    That is the galaxy (source, Solar frame, sphere), the split, the seed, the config
+    sections the model reads (:attr:`Upsampler.config_sections`) and ``particles``, the
+    ingest key of the train particles (their source's content and selection). A change
+    to any other section (``evaluate``, ``catalog``, ``sample``, ``ray``, another
+    upsampler's) keeps the trained model.
     """
-    relevant = {key: value for key, value in config.to_dict().items()
-                if key not in ("sample", "ray", "upsamplers")}
+    settings = config.to_dict()
+    relevant = {key: settings[key] for key in ("galaxy", "split", "seed")}
+    relevant |= {key: settings[key] for key in upsamplers.kind(name).config_sections}
     relevant["upsampler"] = name
     relevant["particles"] = particles
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
 
 
-def train_one(config: RunConfig, name: str, out: Path) -> Upsampler:
+def train_one(config: RunConfig, name: str, out: Path, runners: Runners) -> Upsampler:
     """Fit upsampler ``name`` on the train half, or load it when already trained."""
     directory = out / "models" / name
     key = training_key(config, name, recorded_ingest_key(out))
     key_file = directory / TRAINING_DIR / TRAINING_KEY_FILE
     if (directory / SPEC_FILE).exists() and key_file.exists() and key_file.read_text() == key:
-        _echo(f"{name}: already trained with this config -> {directory}")
+        logger.info("%s: already trained with this config -> %s", name, directory)
         return upsamplers.load(directory)
     if key_file.exists() and key_file.read_text() != key:
         shutil.rmtree(directory)  # stale checkpoints of another config must not be resumed
@@ -108,26 +138,25 @@ def train_one(config: RunConfig, name: str, out: Path) -> Upsampler:
     key_file.write_text(key)
     train, _ = read_ingested(out)
     model = upsamplers.create(name, config)
-    runner = ray_member_runner(
-        config.ray.num_cpus_per_member, config.ray.num_gpus_per_member,
-        checkpoint_uri=model_checkpoint_uri(config.ray.checkpoint_uri, name, key))
     section = getattr(config, name, None)
     cap = getattr(section, "max_train_particles", None)
     used = min(cap, len(train)) if cap else len(train)
-    _echo(f"{name}: training on {used:,} of the {len(train):,} train particles")
-    model.fit(train, config.seed, workdir=directory / TRAINING_DIR, runner=runner)
+    logger.info("%s: training on %s of the %s train particles", name, f"{used:,}",
+                f"{len(train):,}")
+    model.fit(train, config.seed, workdir=directory / TRAINING_DIR,
+              runner=runners.members(config, name, key))
     model.save(directory, metadata=run_metadata(config))
     if model.fit_summary():
-        _echo(f"{name}: {model.fit_summary()}")
-    _echo(f"{name}: saved -> {directory}")
+        logger.info("%s: %s", name, model.fit_summary())
+    logger.info("%s: saved -> %s", name, directory)
     return model
 
 
-def run_train(config: RunConfig, out: Path,
+def run_train(config: RunConfig, out: Path, runners: Runners,
               ingested: Ingested | None = None) -> dict[str, Upsampler]:
     """Fit every configured upsampler."""
     _ensure_ingested(config, out, ingested)
-    return {name: train_one(config, name, out) for name in config.upsamplers}
+    return {name: train_one(config, name, out, runners) for name in config.upsamplers}
 
 
 def sample_count(config: RunConfig, n_train: int) -> int:
@@ -137,20 +166,22 @@ def sample_count(config: RunConfig, n_train: int) -> int:
     return round(config.sample.factor * n_train)
 
 
-def run_sample(config: RunConfig, out: Path, ingested: Ingested | None = None) -> None:
+def run_sample(config: RunConfig, out: Path, runners: Runners,
+               ingested: Ingested | None = None) -> None:
     """Draw and publish each upsampler's stars under ``out/samples/<name>``, in this process.
 
     The catalog's stars, as a flat file: the same shard plan, seeds and star_ids.
     """
-    models = run_train(config, out, ingested)
+    models = run_train(config, out, runners, ingested)
     train, _ = read_ingested(out)
     plan = ShardPlan(sample_count(config, len(train)), config.sample.shard_size, config.seed)
     for name, model in models.items():
         metadata = run_metadata(config) | {"model_sha256": model_hash(out / "models" / name)}
         manifest = write_samples(model, plan, out / "samples" / name, metadata,
                                  config.sample.batch_size)
-        _echo(f"{name}: {manifest['rows']:,} stars (rejection rate "
-              f"{manifest['rejection_rate']:.2%}) -> {out / 'samples' / name}")
+        logger.info("%s: %s stars (rejection rate %.2f%%) -> %s", name,
+                    f"{manifest['rows']:,}", 100 * manifest["rejection_rate"],
+                    out / "samples" / name)
 
 
 def write_run_record(config: RunConfig, out: Path) -> None:
@@ -164,14 +195,15 @@ def catalog_dir(out: Path, name: str) -> Path:
     return out / "catalog" / name
 
 
-def run_catalog(config: RunConfig, out: Path, ingested: Ingested | None = None) -> None:
-    """Draw each upsampler's stars in shards on Ray into HEALPix-partitioned catalogs.
+def run_catalog(config: RunConfig, out: Path, runners: Runners,
+                ingested: Ingested | None = None) -> None:
+    """Draw each upsampler's stars in shards into HEALPix-partitioned catalogs.
 
     The shards follow ``ShardPlan(n, sample.shard_size, seed)``: each has its own seed, a
     rerun reuses the shards already drawn, and the catalog is published all at once
-    (:mod:`gflow_dist.distributed.sharded_catalog`). Then the figures are drawn from it.
+    (``runners.catalog``). Then the figures are drawn from it.
     """
-    run_train(config, out, ingested)
+    run_train(config, out, runners, ingested)
     frame = SolarFrame.from_config(config)
     train, _ = read_ingested(out)
     n = sample_count(config, len(train))
@@ -180,30 +212,31 @@ def run_catalog(config: RunConfig, out: Path, ingested: Ingested | None = None) 
         folder, model_dir = catalog_dir(out, name), out / "models" / name
         metadata = (run_metadata(config) | frame.to_metadata()
                     | {"upsampler": name, "model_sha256": model_hash(model_dir)})
-        manifest = write_sharded_catalog(model_dir, n, config.seed, folder, config, metadata)
-        _echo(f"{name}: HATS catalog of {manifest['rows']:,} stars from "
-              f"{len(manifest['shards'])} shards in {len(manifest['partitions'])} HEALPix "
-              f"partitions -> {folder / 'hats'}"
-              + (f" (+ {folder / 'stars.zarr'})" if config.catalog.zarr else ""))
+        manifest = runners.catalog(model_dir, n, config.seed, folder, config, metadata)
+        logger.info("%s: HATS catalog of %s stars from %d shards in %d HEALPix partitions "
+                    "-> %s%s", name, f"{manifest['rows']:,}", len(manifest["shards"]),
+                    len(manifest["partitions"]), folder / "hats",
+                    f" (+ {folder / 'stars.zarr'})" if config.catalog.zarr else "")
         figures = make_figures(folder / "hats", out / "figures" / name,
                                window=SkyWindow(ra, dec, radius), particles=train.phase_space,
                                frame=frame, title=name)
-        _echo(f"{name}: {len(figures)} figures -> {out / 'figures' / name}")
+        logger.info("%s: %d figures -> %s", name, len(figures), out / "figures" / name)
 
 
-def run_evaluate(config: RunConfig, out: Path, ingested: Ingested | None = None) -> None:
+def run_evaluate(config: RunConfig, out: Path, runners: Runners,
+                 ingested: Ingested | None = None) -> None:
     """Compare the configured upsamplers with the classifier tests; write the report."""
     if len(config.upsamplers) < 2:
-        _echo(f"evaluate: skipped, the multi-model test needs 2 or more upsamplers "
-              f"(configured: {', '.join(config.upsamplers)})")
+        logger.info("evaluate: skipped, the multi-model test needs 2 or more upsamplers "
+                    "(configured: %s)", ", ".join(config.upsamplers))
         return
-    models = run_train(config, out, ingested)
+    models = run_train(config, out, runners, ingested)
     train, test = read_ingested(out)
-    evaluate(config, models, train, test, out,
-             model_dirs={name: out / "models" / name for name in models})
+    evaluate(config, models, train, test, out, runners.classifier_tests(config))
 
 
-def run_all(config: RunConfig, out: Path, ingested: Ingested | None = None) -> None:
+def run_all(config: RunConfig, out: Path, runners: Runners,
+            ingested: Ingested | None = None) -> None:
     """The main job: ingest → train → catalog → evaluate.
 
     The catalog stage draws the stars, in shards on the cluster; ``gflow sample`` writes
@@ -212,6 +245,6 @@ def run_all(config: RunConfig, out: Path, ingested: Ingested | None = None) -> N
     """
     run_ingest(config, out, ingested)
     write_run_record(config, out)
-    run_catalog(config, out)
+    run_catalog(config, out, runners)
     if config.evaluate.enabled:
-        run_evaluate(config, out)
+        run_evaluate(config, out, runners)
