@@ -10,7 +10,7 @@ OUT ?= runs/mock
 # Extra `--set key=value` overrides for `make run`, e.g. SET="--set cnf.ensemble_size=2"
 SET ?=
 
-.PHONY: run test test-slow bench clean
+.PHONY: run test bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -29,9 +29,6 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
-
-test-slow: $(STAMP)
-	$(BIN)/python -m pytest -m slow
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_cnf.py

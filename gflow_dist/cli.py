@@ -5,6 +5,11 @@ Every command takes a config file (default: the built-in defaults) and any numbe
 on Ray: a private local cluster by default, or ``--address`` / ``RAY_ADDRESS``. Each
 checks its inputs before it starts Ray or writes anything, and fails with one line and an
 exit status that tells what kind of problem it met (:data:`EXIT_STATUS`).
+
+Progress goes to stderr through :mod:`logging`; results (query output, ``config show``,
+``versions``) go to stdout. Modules beyond the standard library are imported inside the
+handlers, so ``gflow --help`` and the commands that need no cluster start fast and never
+import Ray.
 """
 
 from __future__ import annotations
@@ -17,15 +22,18 @@ import sys
 import traceback
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gflow_dist.catalog.commands import add_plot_parser, add_query_parser
-from gflow_dist.config import RunConfig, load_config
 from gflow_dist.errors import (
     EXIT_ACCESS,
     EXIT_BUG,
     GflowError,
     describe_os_error,
 )
+
+if TYPE_CHECKING:
+    from gflow_dist.config import RunConfig
 
 EXIT_STATUS = """exit status:
   0  done
@@ -129,12 +137,41 @@ def _versions(args: argparse.Namespace) -> None:
         print(f"latest: {store.uri(current)}")
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("gflow-dist")
+    except PackageNotFoundError:  # a source tree that is not installed
+        from gflow_dist import __version__
+
+        return __version__
+
+
+def _verbosity_arguments(parser: argparse.ArgumentParser, default: object) -> None:
+    parser.add_argument("-v", "--verbose", dest="verbosity", action="store_const", const=1,
+                        default=default, help="log details with timestamps; show the "
+                        "traceback of a bug")
+    parser.add_argument("-q", "--quiet", dest="verbosity", action="store_const", const=-1,
+                        default=default, help="log warnings and errors only")
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """Every parser below ``parser``, at any depth (``gflow config show``, ``query ... cone``)."""
+    found = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):
+                found += [sub, *_subcommands(sub)]
+    return found
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gflow", description=__doc__.splitlines()[0],
                                      epilog=EXIT_STATUS,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-v", "--verbose", action="store_true",
-                        help="log progress details; show the traceback of a bug")
+    _verbosity_arguments(parser, 0)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     config_parser = commands.add_parser("config", help="inspect configs")
@@ -149,7 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("sample", "draw upsampled stars (sample.factor per particle or sample.total)"),
         ("catalog", "write the HEALPix-partitioned catalogs (HATS Parquet, Zarr) and figures"),
         ("evaluate", "compare the upsamplers: classifier tests, truth scores, report"),
-        ("all", "the main job: ingest, train, sample, catalog and evaluate"),
+        ("all", "the main job: ingest, train, catalog and evaluate (`gflow sample` is "
+                "separate)"),
     ):
         command = commands.add_parser("run" if stage == "all" else stage, help=text)
         _job_arguments(command)
@@ -176,6 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     versions_parser.set_defaults(handler=_versions)
     add_query_parser(commands)
     add_plot_parser(commands)
+    # -v and -q also after the command; SUPPRESS: absent there, the value before it stands
+    for sub in _subcommands(parser):
+        _verbosity_arguments(sub, argparse.SUPPRESS)
     return parser
 
 
@@ -184,17 +225,62 @@ def _fail(message: str, status: int) -> int:
     return status
 
 
+class _LogFormat(logging.Formatter):
+    """Progress as plain lines; warnings and errors say so; -v adds time and logger."""
+
+    def __init__(self, detailed: bool) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s" if detailed
+                         else "%(message)s")
+        self.detailed = detailed
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        if not self.detailed and record.levelno >= logging.WARNING:
+            text = f"gflow: {record.levelname.lower()}: {text}"
+        return text
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time (as pytest's capture replaces it)."""
+
+    def __init__(self) -> None:
+        logging.Handler.__init__(self)
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+
+def configure_logging(verbosity: int) -> None:
+    """Log to stderr: gflow-dist's progress (INFO) by default, warnings only with ``-q``,
+    DEBUG with timestamps and logger names with ``-v``. Other libraries log warnings (and
+    INFO with ``-v``). Replaces the handler of an earlier call, leaves others alone."""
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, _StderrHandler)]:
+        root.removeHandler(handler)
+    handler = _StderrHandler()
+    handler.setFormatter(_LogFormat(detailed=verbosity > 0))
+    root.addHandler(handler)
+    root.setLevel(logging.INFO if verbosity > 0 else logging.WARNING)
+    logging.getLogger("gflow_dist").setLevel(
+        {1: logging.DEBUG, 0: logging.INFO, -1: logging.WARNING}[verbosity])
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run one ``gflow`` command; returns its exit status (see :data:`EXIT_STATUS`)."""
+    """Run one ``gflow`` command; returns its exit status (see :data:`EXIT_STATUS`).
+
+    A wrong command line exits with status 2 (argparse's ``SystemExit``)."""
     from gflow_dist.release_stores import describe_cloud_error
 
     # Ray merges log lines that differ only in numbers: every member's progress must show.
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(name)s: %(message)s")
+    args.verbose = args.verbosity > 0
+    configure_logging(args.verbosity)
     try:
         if hasattr(args, "overrides"):  # commands that run from a config
+            from gflow_dist.config import load_config
+
             args.handler(args, load_config(args.config, args.overrides))
         else:  # commands over written outputs
             args.handler(args)

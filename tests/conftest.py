@@ -46,3 +46,17 @@ def ray_cluster():
     ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
     yield ray
     ray.shutdown()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip ``gpu``-marked tests, saying why, where torch sees no CUDA device."""
+    needs_gpu = [item for item in items if item.get_closest_marker("gpu")]
+    if not needs_gpu:
+        return
+    import torch  # only when a gpu test was collected: importing torch takes seconds
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device: torch.cuda.is_available() is False")
+    for item in needs_gpu:
+        item.add_marker(skip)

@@ -156,3 +156,14 @@ def test_bad_query_input_is_rejected(catalog_dir, tmp_path):
         query.cone(catalog_dir, 0.0, 0.0, -1.0)
     with pytest.raises(InputError, match="unknown columns"):
         query.cone(catalog_dir, 0.0, 0.0, 1.0, columns=["magnitude"])
+
+
+def test_lsdb_is_used_through_its_public_names_only():
+    """``lsdb.core...`` and the like are internals that move between releases."""
+    import ast
+
+    for path in Path(query.__file__).parents[1].rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([node.module or ""] if isinstance(node, ast.ImportFrom)
+                     else [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+            assert not any(n.startswith("lsdb.") for n in names), f"{path}: {names}"

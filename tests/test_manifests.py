@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 import yaml
 from k8s_validation import CRDS_DIR, ManifestError, check_kuberay_semantics, validate
+from packaging.requirements import Requirement
 
 from gflow_dist.cli import build_parser
 from gflow_dist.config import build_config
@@ -96,8 +97,8 @@ def _pod_specs(node: Any) -> Iterator[dict[str, Any]]:
 def _ray_pin() -> str:
     constraints = re.search(r"^ray==(\S+)$", (REPO / "constraints.txt").read_text(), re.M)
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    (dependency,) = [d for d in project["dependencies"] if re.match(r"ray\[.*\]==", d)]
-    assert dependency.split("==")[1] == constraints.group(1)
+    (dependency,) = [Requirement(d) for d in project["dependencies"] if d.startswith("ray[")]
+    assert dependency.specifier.contains(constraints.group(1))  # pyproject: a range
     return constraints.group(1)
 
 

@@ -6,22 +6,20 @@
     gflow query runs/mock/catalog/cnf counts --order 2
     gflow query runs/mock/catalog/cnf mean-pm --ra 167.47 --dec -4.2 --radius 15
     gflow plot runs/mock/catalog/cnf --out runs/mock/figures/cnf
+
+Results go to stdout, progress to the log (stderr). Like :mod:`gflow_dist.cli`, this module
+imports lsdb, hats and matplotlib inside the handlers, so building the parser stays cheap.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 from pathlib import Path
 
-from hats.pixel_math import HealpixPixel
-
-from gflow_dist.catalog import query
-from gflow_dist.catalog.plots import PAPER_WINDOW, SkyWindow, make_figures
-from gflow_dist.config import sky_window_problem
-from gflow_dist.errors import InputError
-from gflow_dist.preflight import check_writable_folder
+logger = logging.getLogger(__name__)
 
 PREVIEW_ROWS = 10
 
@@ -58,9 +56,11 @@ def add_query_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def _show_stars(frame, export: Path | None) -> None:
+    from gflow_dist.catalog import query
+
     if export is not None:
         rows = query.export(frame, export)
-        print(f"{rows:,} stars -> {export}")
+        logger.info("%s stars -> %s", f"{rows:,}", export)
         return
     rows = len(frame)
     if rows == 0:
@@ -71,6 +71,10 @@ def _show_stars(frame, export: Path | None) -> None:
 
 
 def run_query(args: argparse.Namespace) -> None:
+    from hats.pixel_math import HealpixPixel
+
+    from gflow_dist.catalog import query
+
     if getattr(args, "export", None) is not None:
         query.check_export_path(args.export)  # before the query runs
     if args.query == "cone":
@@ -84,7 +88,7 @@ def run_query(args: argparse.Namespace) -> None:
         counts = query.counts_per_pixel(args.catalog, args.order)
         if args.export is not None:
             query.export(counts.to_frame(), args.export)
-            print(f"{len(counts):,} pixels -> {args.export}")
+            logger.info("%s pixels -> %s", f"{len(counts):,}", args.export)
         else:
             print(counts.to_string())
     else:
@@ -99,21 +103,26 @@ def add_plot_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("catalog", type=Path, help="DIR/catalog/<name> or its hats/ folder")
     parser.add_argument("--out", type=Path, required=True, help="folder for the PNG files")
     parser.add_argument("--window", type=float, nargs=3, metavar=("RA", "DEC", "RADIUS"),
-                        default=(PAPER_WINDOW.ra_deg, PAPER_WINDOW.dec_deg,
-                                 PAPER_WINDOW.radius_deg),
                         help="sky window [deg] (default: the paper's, around (167.47, -4.2))")
     parser.add_argument("--order", type=int, default=5, help="HEALPix order of the sky map")
     parser.set_defaults(handler=run_plot)
 
 
 def run_plot(args: argparse.Namespace) -> None:
-    problem = sky_window_problem(*args.window)
+    from gflow_dist.catalog import query
+    from gflow_dist.catalog.plots import PAPER_WINDOW, SkyWindow, make_figures
+    from gflow_dist.config import sky_window_problem
+    from gflow_dist.errors import InputError
+    from gflow_dist.preflight import check_writable_folder
+
+    window = args.window or (PAPER_WINDOW.ra_deg, PAPER_WINDOW.dec_deg, PAPER_WINDOW.radius_deg)
+    problem = sky_window_problem(*window)
     if problem:
-        raise InputError(f"--window {' '.join(f'{v:g}' for v in args.window)}: {problem}")
+        raise InputError(f"--window {' '.join(f'{v:g}' for v in window)}: {problem}")
     query.check_order(args.order)
     check_writable_folder(args.out)
     figures = make_figures(query.hats_path(args.catalog), args.out,
-                           window=SkyWindow(*args.window), order=args.order,
+                           window=SkyWindow(*window), order=args.order,
                            title=args.catalog.name)
     for path in figures:
         print(path)

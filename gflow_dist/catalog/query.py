@@ -28,7 +28,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from hats.pixel_math import HealpixPixel
 from hats.pixel_math.spatial_index import SPATIAL_INDEX_COLUMN
-from lsdb.core.search.abstract_search import AbstractSearch
 
 from gflow_dist.catalog.hats_writer import UNIT_KEY
 from gflow_dist.catalog.healpix import index_range, pixel_at_order
@@ -36,6 +35,11 @@ from gflow_dist.catalog.observables import COLUMN_UNITS
 from gflow_dist.errors import AccessError, InputError
 
 EXPORT_SUFFIXES = (".parquet", ".csv")
+
+
+# lsdb exports its search filters but not their base class (lsdb.core.search.abstract_search)
+SearchFilter = (lsdb.ConeSearch | lsdb.PixelSearch | lsdb.OrderSearch | lsdb.BoxSearch
+                | lsdb.PolygonSearch | lsdb.MOCSearch | lsdb.IndexSearch)
 
 
 def hats_path(path: str | Path) -> Path:
@@ -59,7 +63,7 @@ def _columns(columns: list[str] | None, needed: tuple[str, ...] = ()) -> list[st
 
 
 def open_catalog(path: str | Path, columns: list[str] | None = None,
-                 search_filter: AbstractSearch | None = None) -> lsdb.Catalog:
+                 search_filter: SearchFilter | None = None) -> lsdb.Catalog:
     """The lazy lsdb catalog; ``columns`` None loads every column."""
     return lsdb.open_catalog(hats_path(path), columns=_columns(columns),
                              search_filter=search_filter, error_empty_filter=False)
