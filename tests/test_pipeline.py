@@ -63,7 +63,7 @@ def test_run_writes_particles_models_and_samples(finished_run):
     table = pq.read_table(out / "samples" / "cnf")
     assert table.num_rows == 5000
     assert table.column_names == ["star_id", "x", "y", "z", "vx", "vy", "vz"]
-    assert table.schema.field("vx").metadata[b"unit"] == b"km/s"
+    assert table.schema.field("vx").metadata[b"unit"] == b"km / s"
     metadata = json.loads(table.schema.metadata[b"gflow_dist"])
     assert json.loads(metadata["sun_position_kpc"]) == [-8.0, 0.0, 0.02]
     assert metadata["seed"] == "0" and "torch" in json.loads(metadata["versions"])
