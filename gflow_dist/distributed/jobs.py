@@ -43,8 +43,8 @@ from gflow_dist.data.ingest import (
     recorded_ingest_key,
     write_ingested,
 )
+from gflow_dist.distributed.catalog_stages import write_sharded_catalog
 from gflow_dist.distributed.checkpoints import model_checkpoint_uri
-from gflow_dist.distributed.sharded_catalog import write_sharded_catalog
 from gflow_dist.distributed.training import ray_member_runner
 from gflow_dist.evaluate.report import evaluate
 from gflow_dist.provenance import run_metadata
