@@ -10,8 +10,8 @@ import pytest
 from gflow_dist.cli import main
 from gflow_dist.config import load_config
 from gflow_dist.errors import EXIT_INPUT, GflowError
-from gflow_dist.publish import list_versions, publish
-from gflow_dist.release_stores import LATEST, MANIFEST, FolderStore, open_store
+from gflow_dist.release.stores import LATEST, MANIFEST, FolderStore, open_store
+from gflow_dist.release.versions import list_versions, publish
 
 TINY = [
     "--set", "upsamplers=[enbid]", "--set", "galaxy.mock.n_particles=1200",

@@ -15,8 +15,8 @@ from moto.server import ThreadedMotoServer
 from gflow_dist.cli import main
 from gflow_dist.config import load_config
 from gflow_dist.errors import EXIT_INPUT, GflowError
-from gflow_dist.publish import list_versions, publish
-from gflow_dist.release_stores import S3Store
+from gflow_dist.release.stores import S3Store
+from gflow_dist.release.versions import list_versions, publish
 
 BUCKET = "gflow-releases"
 TINY = [

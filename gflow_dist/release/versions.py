@@ -1,7 +1,7 @@
 """Versioned, atomic publishing of regeneration runs: ``gflow publish`` and ``gflow versions``.
 
 Layout of a catalog location ``ROOT/<name>`` (a folder, or an S3 prefix; see
-:mod:`gflow_dist.release_stores`)::
+:mod:`gflow_dist.release.stores`)::
 
     ROOT/<name>/v=<UTC time>-<config hash>/   one complete ``gflow run`` output, immutable
     ROOT/<name>/v=.../manifest.json           config hash, model hashes, code version,
@@ -24,11 +24,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from gflow_dist.catalog.hats_writer import read_manifest
 from gflow_dist.config import RunConfig
 from gflow_dist.errors import GflowError
+from gflow_dist.outputs import read_manifest
 from gflow_dist.provenance import versions
-from gflow_dist.release_stores import VERSION_PREFIX, ReleaseStore, open_store
+from gflow_dist.release.stores import VERSION_PREFIX, ReleaseStore, open_store
 from gflow_dist.upsamplers import model_hash
 
 Runner = Callable[[RunConfig, Path], None]
