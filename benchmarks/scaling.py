@@ -13,8 +13,9 @@ adaptive partitioning, no Zarr store) and prints one row: the sampling stage's w
 the whole run's (sampling + Ray Data partition writing + publishing), the stars/s of the
 sampling stage and of each worker (its stars over the seconds its draws took), and each
 worker's peak RSS (``ru_maxrss``, model included). ``--single-writer`` instead times the
-single-process HATS writer (``write_hats_catalog``, observables included) on the same
-totals of enbid stars drawn into memory beforehand. Models: the saved ones passed by path,
+in-process build (``write_catalog`` with ``LocalCatalogRunner``: the shards drawn one
+after another, then the partitions written through spill files) on the same totals of
+enbid stars. Models: the saved ones passed by path,
 else fitted here on 20,000 mock particles — enbid on all of them, a 1-member CNF of the
 paper's architecture (20 RK4 steps) for one epoch on 2,000 (sampling cost per star does
 not depend on the training budget or the ensemble size: each star comes from one member).
@@ -36,12 +37,12 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gflow_dist import upsamplers  # noqa: E402
-from gflow_dist.catalog.hats_writer import catalog_table, write_hats_catalog  # noqa: E402
-from gflow_dist.catalog.observables import SolarFrame  # noqa: E402
+from gflow_dist.catalog.build import write_catalog  # noqa: E402
+from gflow_dist.catalog.local import LocalCatalogRunner  # noqa: E402
 from gflow_dist.config import RunConfig  # noqa: E402
 from gflow_dist.data.mock import MockGalaxy  # noqa: E402
 from gflow_dist.data.selection import split_train_test  # noqa: E402
-from gflow_dist.distributed.sharded_catalog import write_sharded_catalog  # noqa: E402
+from gflow_dist.distributed.catalog_stages import write_sharded_catalog  # noqa: E402
 
 SHARD_SIZE = 62_500
 BASE = {"sample": {"shard_size": SHARD_SIZE, "batch_size": 65_536},
@@ -80,21 +81,15 @@ def run_one(model_dir: Path, total: int, workers: int, out: Path) -> dict:
 
 
 def single_writer(model_dir: Path, total: int, out: Path) -> None:
-    """Time ``write_hats_catalog`` (two passes, observables included) on ``total`` stars."""
+    """Time the in-process build (draws and observables included) of ``total`` stars."""
     config = RunConfig.model_validate(BASE)
-    stars = upsamplers.load(model_dir).sample(total, 7)
-    frame, step = SolarFrame.from_config(config), config.sample.batch_size
-
-    def batches():
-        for first in range(0, total, step):
-            yield catalog_table(stars[first:first + step], first, frame)
-
     shutil.rmtree(out, ignore_errors=True)
     start = time.perf_counter()
-    manifest = write_hats_catalog(batches, out, "bench", config.catalog, {})
+    manifest = write_catalog(model_dir, total, 7, out, config, {"upsampler": "bench"},
+                             LocalCatalogRunner())
     wall = time.perf_counter() - start
     shutil.rmtree(out, ignore_errors=True)
-    print(f"single-process write_hats_catalog n={total:>10,} partitions="
+    print(f"in-process write_catalog n={total:>10,} partitions="
           f"{len(manifest['partitions']):3d} wall={wall:6.1f} s  {total / wall / 1e3:.1f}k "
           "stars/s", flush=True)
 

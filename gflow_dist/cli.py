@@ -101,8 +101,8 @@ def _publish(args: argparse.Namespace, config: RunConfig) -> None:
     from gflow_dist.distributed.cluster import ray_session
     from gflow_dist.distributed.runners import ray_runners
     from gflow_dist.preflight import check_writable_folder
-    from gflow_dist.publish import publish
-    from gflow_dist.release_stores import open_store
+    from gflow_dist.release.stores import open_store
+    from gflow_dist.release.versions import publish
 
     name = args.name or (Path(args.config).stem if args.config else "default")
     open_store(args.out, args.staging)  # checks the location and, for S3, the credentials
@@ -117,8 +117,8 @@ def _publish(args: argparse.Namespace, config: RunConfig) -> None:
 
 
 def _versions(args: argparse.Namespace) -> None:
-    from gflow_dist.publish import list_versions
-    from gflow_dist.release_stores import open_store
+    from gflow_dist.release.stores import open_store
+    from gflow_dist.release.versions import list_versions
 
     store = open_store(args.folder)
     if args.rollback:
@@ -270,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run one ``gflow`` command; returns its exit status (see :data:`EXIT_STATUS`).
 
     A wrong command line exits with status 2 (argparse's ``SystemExit``)."""
-    from gflow_dist.release_stores import describe_cloud_error
+    from gflow_dist.release.stores import describe_cloud_error
 
     # Ray merges log lines that differ only in numbers: every member's progress must show.
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")

@@ -3,8 +3,9 @@ cluster as a parameter.
 
 Each stage is a function of (config, out, runners). :class:`Runners` says where the
 parallel work goes: ensemble members, the catalog's shards and partitions, and the
-evaluation's draws and classifier. :func:`gflow_dist.distributed.runners.ray_runners`
-runs it on a Ray cluster; the stages themselves never import Ray.
+evaluation's draws and classifier. :func:`local_runners` runs everything in this process;
+:func:`gflow_dist.distributed.runners.ray_runners` runs it on a Ray cluster. The stages
+themselves never import Ray.
 
 Output layout under ``out``:
 
@@ -40,6 +41,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gflow_dist import upsamplers
+from gflow_dist.catalog.build import CatalogRunner, write_catalog
+from gflow_dist.catalog.local import LocalCatalogRunner
 from gflow_dist.catalog.observables import SolarFrame
 from gflow_dist.catalog.plots import SkyWindow, make_figures
 from gflow_dist.config import RunConfig
@@ -51,13 +54,13 @@ from gflow_dist.data.ingest import (
     recorded_ingest_key,
     write_ingested,
 )
-from gflow_dist.evaluate.execution import ClassifierTestRunner
+from gflow_dist.evaluate.execution import ClassifierTestRunner, InProcessTests
 from gflow_dist.evaluate.report import evaluate
 from gflow_dist.provenance import run_metadata
 from gflow_dist.sample.shards import ShardPlan
 from gflow_dist.sample.writer import write_samples
 from gflow_dist.upsamplers import model_hash
-from gflow_dist.upsamplers.base import SPEC_FILE, MemberRunner, Upsampler
+from gflow_dist.upsamplers.base import SPEC_FILE, MemberRunner, Upsampler, run_members_here
 
 logger = logging.getLogger(__name__)
 
@@ -67,23 +70,27 @@ TRAINING_KEY_FILE = "training_key.json"
 MemberRunnerFactory = Callable[[RunConfig, str, str], MemberRunner]
 """(config, upsampler name, training key) → the runner that trains that model's members."""
 
-CatalogWriter = Callable[[Path, int, int, Path, RunConfig, dict[str, str]], dict]
-"""(model dir, stars, seed, catalog folder, config, metadata) → the published manifest."""
-
-
 @dataclass(frozen=True)
 class Runners:
     """Where each stage's parallel work runs.
 
     Attributes:
         members: makes the runner of one model's ensemble members.
-        catalog: draws and publishes one model's catalog.
+        catalog: makes the runner of a catalog's shard draws and partition writes.
         classifier_tests: makes the runner of the evaluation's draws and classifier.
     """
 
     members: MemberRunnerFactory
-    catalog: CatalogWriter
+    catalog: Callable[[RunConfig], CatalogRunner]
     classifier_tests: Callable[[RunConfig], ClassifierTestRunner]
+
+
+def local_runners() -> Runners:
+    """Everything in this process, one step after another."""
+    return Runners(members=lambda config, name, key: run_members_here,
+                   catalog=lambda config: LocalCatalogRunner(),
+                   classifier_tests=lambda config: InProcessTests(config.sample.shard_size,
+                                                                  config.sample.batch_size))
 
 
 def run_ingest(config: RunConfig, out: Path, ingested: Ingested | None = None) -> None:
@@ -212,7 +219,8 @@ def run_catalog(config: RunConfig, out: Path, runners: Runners,
         folder, model_dir = catalog_dir(out, name), out / "models" / name
         metadata = (run_metadata(config) | frame.to_metadata()
                     | {"upsampler": name, "model_sha256": model_hash(model_dir)})
-        manifest = runners.catalog(model_dir, n, config.seed, folder, config, metadata)
+        manifest = write_catalog(model_dir, n, config.seed, folder, config, metadata,
+                                 runners.catalog(config))
         logger.info("%s: HATS catalog of %s stars from %d shards in %d HEALPix partitions "
                     "-> %s%s", name, f"{manifest['rows']:,}", len(manifest["shards"]),
                     len(manifest["partitions"]), folder / "hats",

@@ -60,3 +60,31 @@ def pytest_collection_modifyitems(config, items):
     skip = pytest.mark.skip(reason="needs a CUDA device: torch.cuda.is_available() is False")
     for item in needs_gpu:
         item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def enbid_model_dir(mock_split, tmp_path_factory):
+    """An EnBiD upsampler fitted to the train half, saved (a catalog build loads it by path)."""
+    from gflow_dist.baselines.enbid import EnbidUpsampler
+
+    train, _ = mock_split
+    return EnbidUpsampler(SUN, R_MAX).fit(train, seed=3).save(
+        tmp_path_factory.mktemp("model") / "enbid")
+
+
+def drawn_catalog_rows(model_dir, n, seed, config):
+    """The catalog rows a build of ``n`` stars of the saved model holds, in star_id order."""
+    import pyarrow as pa
+
+    from gflow_dist import upsamplers
+    from gflow_dist.catalog.observables import SolarFrame
+    from gflow_dist.catalog.schema import catalog_table
+    from gflow_dist.sample.shards import ShardPlan
+
+    model, frame, tables = upsamplers.load(model_dir), SolarFrame.from_config(config), []
+    for shard in ShardPlan(n, config.sample.shard_size, seed):
+        first = shard.first_star_id
+        for stars in model.iter_samples(shard.count, shard.seed, config.sample.batch_size):
+            tables.append(catalog_table(stars, first, frame))
+            first += len(stars)
+    return pa.concat_tables(tables)

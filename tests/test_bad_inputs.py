@@ -23,11 +23,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gflow_dist.catalog.hats_writer import catalog_table, write_hats_catalog
-from gflow_dist.catalog.observables import SolarFrame
+from gflow_dist.catalog.build import write_catalog
+from gflow_dist.catalog.local import LocalCatalogRunner
 from gflow_dist.cli import main
-from gflow_dist.config import CatalogConfig
-from gflow_dist.data.mock import MockGalaxy
+from gflow_dist.config import RunConfig
 from gflow_dist.distributed import cluster
 from gflow_dist.errors import (
     EXIT_ACCESS,
@@ -37,7 +36,7 @@ from gflow_dist.errors import (
     AccessError,
     describe_os_error,
 )
-from gflow_dist.release_stores import describe_cloud_error
+from gflow_dist.release.stores import describe_cloud_error
 
 SUN = np.array([-8.0, 0.0, 0.02])
 N_PARTICLES = 400
@@ -107,18 +106,19 @@ def _write_files(data: Path) -> None:
     (data / "a_file").write_text("not a folder\n")
 
 
-def _write_catalog(folder: Path) -> None:
+def _write_catalog(folder: Path, model_dir: Path) -> None:
     """A 200-star HATS catalog at fixed order 3: most of the sky has no stars."""
-    stars = MockGalaxy(sun_position_kpc=tuple(SUN), r_max_kpc=3.5).sample(200, seed=1)
-    write_hats_catalog(lambda: iter([catalog_table(stars, 0, SolarFrame())]),
-                       folder / "hats", "cnf", CatalogConfig(partition_order=3), {})
+    config = RunConfig.model_validate({
+        "galaxy": {"sun_position_kpc": SUN.tolist(), "r_max_kpc": 3.5},
+        "catalog": {"partition_order": 3, "zarr": False}})
+    write_catalog(model_dir, 200, 1, folder, config, {"upsampler": "cnf"}, LocalCatalogRunner())
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
+def data(tmp_path_factory, enbid_model_dir) -> Path:
     folder = tmp_path_factory.mktemp("bad-inputs")
     _write_files(folder)
-    _write_catalog(folder / "catalog")
+    _write_catalog(folder / "catalog", enbid_model_dir)
     return folder
 
 

@@ -15,36 +15,35 @@ from hats.io.file_io import file_io
 from hats.pixel_math import HealpixPixel
 
 from gflow_dist.catalog import query
-from gflow_dist.catalog.hats_writer import catalog_table, write_hats_catalog
+from gflow_dist.catalog.build import write_catalog
 from gflow_dist.catalog.healpix import index_range
-from gflow_dist.catalog.observables import COLUMN_UNITS, SolarFrame
-from gflow_dist.config import CatalogConfig
+from gflow_dist.catalog.local import LocalCatalogRunner
+from gflow_dist.catalog.observables import COLUMN_UNITS
+from gflow_dist.config import RunConfig
 from gflow_dist.errors import InputError
+from tests.conftest import R_MAX, SUN, drawn_catalog_rows
 
 ROOT = Path("/tmp/test-catalog-query")
-FRAME = SolarFrame((-8.0, 0.0, 0.02), (11.1, 232.24, 7.25))
-N_STARS = 30_000
+N_STARS, SEED = 30_000, 9
+CONFIG = RunConfig.model_validate({
+    "galaxy": {"sun_position_kpc": SUN, "r_max_kpc": R_MAX},
+    "sample": {"shard_size": 10_000},
+    "catalog": {"partition_order": 3, "zarr": False}})
 
 
 @pytest.fixture(scope="module")
-def table(mock_galaxy) -> pd.DataFrame:
+def table(enbid_model_dir) -> pd.DataFrame:
     """The whole catalog as one pandas frame (the brute-force reference)."""
-    return catalog_table(mock_galaxy.sample(N_STARS, seed=9), 0, FRAME).to_pandas()
+    return drawn_catalog_rows(enbid_model_dir, N_STARS, SEED, CONFIG).to_pandas()
 
 
 @pytest.fixture(scope="module")
-def catalog_dir(mock_galaxy) -> Path:
+def catalog_dir(enbid_model_dir) -> Path:
     """``DIR/catalog/cnf`` holding a HATS catalog partitioned at fixed order 3."""
     directory = ROOT / "catalog" / "cnf"
     shutil.rmtree(ROOT, ignore_errors=True)
-    phase_space = mock_galaxy.sample(N_STARS, seed=9)
-
-    def batches():
-        for start in range(0, N_STARS, 10_000):
-            yield catalog_table(phase_space[start:start + 10_000], start, FRAME)
-
-    write_hats_catalog(batches, directory / "hats", "cnf", CatalogConfig(partition_order=3),
-                       {"seed": "9"})
+    write_catalog(enbid_model_dir, N_STARS, SEED, directory, CONFIG,
+                  {"upsampler": "cnf", "seed": str(SEED)}, LocalCatalogRunner())
     return directory
 
 

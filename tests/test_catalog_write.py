@@ -1,4 +1,4 @@
-"""HEALPix partition plans, the HATS catalog writer and the Zarr store built from it."""
+"""HEALPix partition plans, the in-process catalog build (HATS) and the Zarr store built from it."""
 
 from __future__ import annotations
 
@@ -19,12 +19,7 @@ from hats.pixel_math.healpix_shim import radec2pix
 from zarr.storage import LocalStore, WrapperStore
 
 from gflow_dist.catalog import healpix
-from gflow_dist.catalog.hats_writer import (
-    catalog_table,
-    read_manifest,
-    sample_batches,
-    write_hats_catalog,
-)
+from gflow_dist.catalog.build import write_catalog
 from gflow_dist.catalog.healpix import (
     PixelCounter,
     adaptive_plan,
@@ -33,15 +28,28 @@ from gflow_dist.catalog.healpix import (
     plan_partitions,
     spatial_index,
 )
-from gflow_dist.catalog.observables import COLUMN_UNITS, SolarFrame
+from gflow_dist.catalog.local import LocalCatalogRunner
+from gflow_dist.catalog.observables import COLUMN_UNITS
+from gflow_dist.catalog.schema import catalog_schema, table_records
 from gflow_dist.catalog.zarr_writer import read_zarr_pixel, write_zarr_catalog
-from gflow_dist.config import CatalogConfig
+from gflow_dist.config import RunConfig
 from gflow_dist.errors import InputError
+from gflow_dist.outputs import read_manifest
+from tests.conftest import R_MAX, SUN, drawn_catalog_rows
 
 ROOT = Path("/tmp/test-catalog-write")
-FRAME = SolarFrame((-8.0, 0.0, 0.02), (11.1, 232.24, 7.25))
 METADATA = {"config_sha256": "abc123", "seed": "7", "note": 'path C:\\x "quoted"\nline two ☉'}
-N_STARS = 24_000
+N_STARS, SEED = 24_000, 5
+
+
+def _config(**catalog) -> RunConfig:
+    return RunConfig.model_validate({
+        "galaxy": {"sun_position_kpc": SUN, "r_max_kpc": R_MAX},
+        "sample": {"shard_size": 7_000, "batch_size": 5_000},
+        "catalog": {"zarr": False} | catalog})
+
+
+ADAPTIVE = _config(partition_order=None, highest_order=7, max_rows_per_partition=1500)
 
 
 def _sky(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -56,29 +64,17 @@ def _sky(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def stars(mock_galaxy) -> np.ndarray:
-    return mock_galaxy.sample(N_STARS, seed=5)
-
-
-def _source(phase_space: np.ndarray, batch: int = 5_000):
-    def batches():
-        for start in range(0, len(phase_space), batch):
-            yield catalog_table(phase_space[start:start + batch], start, FRAME)
-    return batches
+def written(enbid_model_dir) -> Path:
+    out = ROOT / "adaptive"
+    shutil.rmtree(out, ignore_errors=True)
+    write_catalog(enbid_model_dir, N_STARS, SEED, out, ADAPTIVE, METADATA,
+                  LocalCatalogRunner(spill_rows=7_000))
+    return out / "hats"
 
 
 @pytest.fixture(scope="module")
-def written(stars) -> Path:
-    directory = ROOT / "adaptive" / "hats"
-    shutil.rmtree(directory.parent, ignore_errors=True)
-    config = CatalogConfig(partition_order=None, highest_order=7, max_rows_per_partition=1500)
-    write_hats_catalog(_source(stars), directory, "cnf", config, METADATA, spill_rows=7_000)
-    return directory
-
-
-@pytest.fixture(scope="module")
-def full_table(stars) -> pa.Table:
-    return catalog_table(stars, 0, FRAME)
+def full_table(enbid_model_dir) -> pa.Table:
+    return drawn_catalog_rows(enbid_model_dir, N_STARS, SEED, ADAPTIVE)
 
 
 def test_spatial_index_matches_hats_pixels_at_every_order():
@@ -192,66 +188,57 @@ def test_hats_catalog_layout_and_metadata(written, full_table):
     assert written_rows.equals(expected.replace_schema_metadata(written_rows.schema.metadata))
 
 
-def test_rerun_is_a_no_op_and_the_output_is_independent_of_batching(written, stars):
-    config = CatalogConfig(partition_order=None, highest_order=7, max_rows_per_partition=1500)
+def test_rerun_is_a_no_op_and_the_output_is_independent_of_the_spill_buffer(
+        written, enbid_model_dir):
     before = {p: p.stat().st_mtime_ns for p in written.rglob("*") if p.is_file()}
-    again = write_hats_catalog(_source(stars), written, "cnf", config, METADATA)
+    again = write_catalog(enbid_model_dir, N_STARS, SEED, written.parent, ADAPTIVE, METADATA,
+                          LocalCatalogRunner())
     assert again == read_manifest(written)
     assert {p: p.stat().st_mtime_ns for p in written.rglob("*") if p.is_file()} == before
-    other = ROOT / "rebatched" / "hats"
-    shutil.rmtree(other.parent, ignore_errors=True)
-    write_hats_catalog(_source(stars, batch=3_333), other, "cnf", config, METADATA,
-                       spill_rows=500)
+    other = ROOT / "rebuffered"
+    shutil.rmtree(other, ignore_errors=True)
+    write_catalog(enbid_model_dir, N_STARS, SEED, other, ADAPTIVE, METADATA,
+                  LocalCatalogRunner(spill_rows=500, batch_rows=333))
     for path in (written / "dataset").rglob("Npix=*.parquet"):
-        assert (other / path.relative_to(written)).read_bytes() == path.read_bytes()
-    assert sorted(p.name for p in other.parent.iterdir()) == ["hats"]
+        assert (other / "hats" / path.relative_to(written)).read_bytes() == path.read_bytes()
+    assert sorted(p.name for p in other.iterdir()) == ["hats"]
 
 
-def test_changed_stars_replace_the_catalog_and_failures_leave_it_untouched(stars):
-    directory = ROOT / "replace" / "hats"
-    shutil.rmtree(directory.parent, ignore_errors=True)
-    config = CatalogConfig(partition_order=2)
-    first = write_hats_catalog(_source(stars[:4000]), directory, "cnf", config, METADATA)
-    second = write_hats_catalog(_source(stars[:5000]), directory, "cnf", config, METADATA)
+class _FailingRunner(LocalCatalogRunner):
+    """Writes every partition, then fails before the catalog is published."""
+
+    def write_partitions(self, *args, **kwargs):
+        super().write_partitions(*args, **kwargs)
+        raise OSError("disk full")
+
+
+def test_changed_inputs_replace_the_catalog_and_failures_leave_it_untouched(enbid_model_dir):
+    out = ROOT / "replace"
+    shutil.rmtree(out, ignore_errors=True)
+    config = _config(partition_order=2)
+    first = write_catalog(enbid_model_dir, 4000, SEED, out, config, METADATA,
+                          LocalCatalogRunner())
+    second = write_catalog(enbid_model_dir, 5000, SEED, out, config, METADATA,
+                           LocalCatalogRunner())
     assert (first["rows"], second["rows"]) == (4000, 5000)
-    assert hats.read_hats(directory).catalog_info.total_rows == 5000
-    calls = []
-
-    def unstable():
-        calls.append(1)
-        yield catalog_table(stars[:3000 + len(calls)], 0, FRAME)
-
-    with pytest.raises(InputError, match="second pass"):
-        write_hats_catalog(unstable, directory, "cnf", config, METADATA)
-    assert read_manifest(directory) == second
-    assert sorted(p.name for p in directory.parent.iterdir()) == ["hats"]
+    assert hats.read_hats(out / "hats").catalog_info.total_rows == 5000
+    with pytest.raises(OSError, match="disk full"):
+        write_catalog(enbid_model_dir, 6000, SEED, out, config, METADATA, _FailingRunner())
+    assert read_manifest(out / "hats") == second
+    assert hats.read_hats(out / "hats").catalog_info.total_rows == 5000
+    # the drawn shards stay for the next run to reuse; no half-written catalog is left
+    assert sorted(p.name for p in out.iterdir()) == [".shards", "hats"]
 
 
-def test_bad_batches_are_rejected(stars):
-    table = catalog_table(stars[:100], 0, FRAME)
-    config = CatalogConfig()
+def test_rows_without_a_unit_or_of_other_types_are_rejected(full_table):
+    table = full_table.slice(0, 100)
     no_unit = table.cast(pa.schema([f.remove_metadata() if f.name == "pmra" else f
                                     for f in table.schema]))
     with pytest.raises(InputError, match="'pmra' has no unit"):
-        write_hats_catalog(lambda: [no_unit], ROOT / "bad" / "hats", "x", config, METADATA)
-    with pytest.raises(InputError, match="no column 'ra'"):
-        write_hats_catalog(lambda: [table.drop_columns(["ra", "_healpix_29"])],
-                           ROOT / "bad" / "hats", "x", config, METADATA)
-    with pytest.raises(InputError, match="empty"):
-        write_hats_catalog(lambda: [], ROOT / "bad" / "hats", "x", config, METADATA)
-    assert not (ROOT / "bad" / "hats").exists()
-
-
-def test_sample_batches_number_stars_in_draw_order(stars, tmp_path):
-    schema = pa.schema([pa.field(c, pa.float64()) for c in ("x", "y", "z", "vx", "vy", "vz")])
-    for part, rows in enumerate((slice(0, 700), slice(700, 1000))):
-        pq.write_table(pa.table(list(stars[rows].T), schema=schema),
-                       tmp_path / f"part-{part:05d}.parquet")
-    tables = list(sample_batches(tmp_path, FRAME, batch_rows=256)())
-    merged = pa.concat_tables(tables)
-    assert merged.equals(catalog_table(stars[:1000], 0, FRAME))
-    with pytest.raises(InputError, match="no sample parts"):
-        sample_batches(tmp_path / "missing", FRAME)
+        table_records(no_unit, no_unit.schema)
+    text = pa.schema([*catalog_schema(), pa.field("name", pa.string(), metadata={b"unit": ""})])
+    with pytest.raises(InputError, match="'name' has type string"):
+        table_records(table.append_column("name", pa.array(["a"] * 100)), text)
 
 
 class _ChunkLog(WrapperStore):

@@ -62,17 +62,16 @@ def test_importing_the_cli_and_help_load_no_heavy_module():
 
 
 @pytest.fixture(scope="module")
-def catalog(mock_galaxy, tmp_path_factory) -> Path:
+def catalog(enbid_model_dir, tmp_path_factory) -> Path:
     """``DIR/catalog/cnf`` holding a small HATS catalog."""
-    from gflow_dist.catalog.hats_writer import catalog_table, write_hats_catalog
-    from gflow_dist.catalog.observables import SolarFrame
-    from gflow_dist.config import CatalogConfig
+    from gflow_dist.catalog.build import write_catalog
+    from gflow_dist.catalog.local import LocalCatalogRunner
+    from gflow_dist.config import build_config
 
     directory = tmp_path_factory.mktemp("cli") / "catalog" / "cnf"
-    frame = SolarFrame((-8.0, 0.0, 0.02), (11.1, 232.24, 7.25))
-    stars = mock_galaxy.sample(3000, seed=3)
-    write_hats_catalog(lambda: iter([catalog_table(stars, 0, frame)]), directory / "hats",
-                       "cnf", CatalogConfig(partition_order=2), {"seed": "3"})
+    config = build_config({"catalog": {"partition_order": 2, "zarr": False}})
+    write_catalog(enbid_model_dir, 3000, 3, directory, config, {"seed": "3"},
+                  LocalCatalogRunner())
     return directory
 
 

@@ -422,7 +422,7 @@ def test_write_read_round_trip(tmp_path):
     schema = pq.read_schema(path)
     assert schema.names == COLUMNS
     assert [schema.field(c).metadata[b"unit"] for c in ("x", "vz", "mass")] == [
-        b"kpc", b"km/s", b"Msun"
+        b"kpc", b"km / s", b"solMass"
     ]
     assert json.loads(schema.metadata[b"gflow_dist"])["metadata"]["seed"] == "7"
     assert sorted(p.name for p in path.parent.iterdir()) == ["train.parquet"]

@@ -63,7 +63,7 @@ def test_run_writes_particles_models_and_samples(finished_run):
     table = pq.read_table(out / "samples" / "cnf")
     assert table.num_rows == 5000
     assert table.column_names == ["star_id", "x", "y", "z", "vx", "vy", "vz"]
-    assert table.schema.field("vx").metadata[b"unit"] == b"km/s"
+    assert table.schema.field("vx").metadata[b"unit"] == b"km / s"
     metadata = json.loads(table.schema.metadata[b"gflow_dist"])
     assert json.loads(metadata["sun_position_kpc"]) == [-8.0, 0.0, 0.02]
     assert metadata["seed"] == "0" and "torch" in json.loads(metadata["versions"])
@@ -119,12 +119,12 @@ def test_query_and_plot_commands(finished_run, tmp_path, capsys):
     export = tmp_path / "cone.csv"
     assert main(["query", catalog, "cone", "--ra", "130", "--dec", "-45", "--radius", "30",
                  "--columns", "ra", "dec", "pmra", "--export", str(export)]) == 0
-    assert f"-> {export}" in capsys.readouterr().out
+    assert f"-> {export}" in capsys.readouterr().err
     assert export.read_text().splitlines()[0].split(",")[1:] == ["ra", "dec", "pmra"]
     counts = tmp_path / "counts.csv"
     assert main(["query", catalog, "counts", "--order", "1", "--export", str(counts)]) == 0
     assert pd.read_csv(counts)["count"].sum() == 5000
-    assert f"-> {counts}" in capsys.readouterr().out
+    assert f"-> {counts}" in capsys.readouterr().err
     assert main(["query", catalog, "mean-pm", "--ra", "130", "--dec", "-45",
                  "--radius", "30"]) == 0
     assert json.loads(capsys.readouterr().out)["n"] > 0
@@ -143,7 +143,7 @@ def test_rerun_is_idempotent(finished_run, capsys):
     before = [(p.read_bytes(), p.stat().st_mtime_ns) for p in written]
     for command in ("run", "sample"):
         assert main([command, "configs/mock.yaml", "--out", str(out), *SMALL_RUN]) == 0
-    assert "already trained" in capsys.readouterr().out
+    assert "already trained" in capsys.readouterr().err
     assert (out / "models/cnf/member-00.pt").stat().st_mtime_ns == weights
     assert [(p.read_bytes(), p.stat().st_mtime_ns) for p in written] == before
 
@@ -159,7 +159,7 @@ def test_new_sample_count_replaces_the_sample_whole(finished_run):
 def test_ingest_prints_the_selection(tmp_path, capsys, ray_cluster):
     assert main(["ingest", "configs/mock.yaml", "--out", str(tmp_path),
                  "--set", "galaxy.mock.n_particles=800"]) == 0
-    printed = capsys.readouterr().out
+    printed = capsys.readouterr().err
     assert "800 star particles within 3.5 kpc" in printed
     assert "400 train and 400 test" in printed
 

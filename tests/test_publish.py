@@ -10,8 +10,8 @@ import pytest
 from gflow_dist.cli import main
 from gflow_dist.config import load_config
 from gflow_dist.errors import EXIT_INPUT, GflowError
-from gflow_dist.publish import list_versions, publish
-from gflow_dist.release_stores import LATEST, MANIFEST, FolderStore, open_store
+from gflow_dist.release.stores import LATEST, MANIFEST, FolderStore, open_store
+from gflow_dist.release.versions import list_versions, publish
 
 TINY = [
     "--set", "upsamplers=[enbid]", "--set", "galaxy.mock.n_particles=1200",
@@ -40,7 +40,7 @@ def test_publish_switches_latest_reruns_as_a_no_op_keeps_latest_on_failure_and_r
     assert (folder / LATEST / "catalog" / "enbid" / "hats" / "hats.properties").exists()
 
     assert _publish(tmp_path) == 0  # same config and code: nothing to do
-    assert "nothing to do" in capsys.readouterr().out
+    assert "nothing to do" in capsys.readouterr().err
     assert [v["version"] for v in list_versions(store)] == [first]
 
     assert _publish(tmp_path, "--force") == 0

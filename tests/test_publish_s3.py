@@ -15,8 +15,8 @@ from moto.server import ThreadedMotoServer
 from gflow_dist.cli import main
 from gflow_dist.config import load_config
 from gflow_dist.errors import EXIT_INPUT, GflowError
-from gflow_dist.publish import list_versions, publish
-from gflow_dist.release_stores import S3Store
+from gflow_dist.release.stores import S3Store
+from gflow_dist.release.versions import list_versions, publish
 
 BUCKET = "gflow-releases"
 TINY = [
@@ -81,7 +81,7 @@ def test_s3_publish_switches_latest_reruns_as_a_no_op_keeps_latest_on_failure_an
     assert not list(staging.iterdir())  # the staged run is gone once uploaded
 
     assert publish_cli() == 0
-    assert "nothing to do" in capsys.readouterr().out
+    assert "nothing to do" in capsys.readouterr().err
 
     assert publish_cli("--force") == 0
     second = _latest(client, prefix)

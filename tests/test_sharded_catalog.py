@@ -1,4 +1,5 @@
-"""Sharded sampling with Ray Data into HATS + Zarr: plan, equality, crashes and reruns."""
+"""Sharded catalog builds with Ray Data into HATS + Zarr: plan, equality with the in-process
+build, crashes and reruns."""
 
 from __future__ import annotations
 
@@ -12,17 +13,13 @@ import pytest
 import xarray as xr
 
 from gflow_dist import upsamplers
-from gflow_dist.baselines.enbid import EnbidUpsampler
-from gflow_dist.catalog.hats_writer import catalog_table, write_hats_catalog
-from gflow_dist.catalog.observables import SolarFrame
+from gflow_dist.catalog.build import SHARDS_DIR, draw_shards, write_catalog
+from gflow_dist.catalog.local import LocalCatalogRunner
+from gflow_dist.catalog.shards import ShardSpec, draw_shard
 from gflow_dist.config import RunConfig
-from gflow_dist.distributed.sharded_catalog import (
-    FAULT_ENV,
-    SHARDS_DIR,
-    ShardSampler,
-    sample_shards,
+from gflow_dist.distributed.catalog_stages import (
+    RayCatalogRunner,
     sampler_pool,
-    shard_key,
     write_sharded_catalog,
 )
 from gflow_dist.errors import GflowError
@@ -63,27 +60,21 @@ def test_plan_of_ten_billion_stars_is_cheap():
 
 
 @pytest.fixture(scope="module")
-def model_dir(mock_split, tmp_path_factory):
-    train, _ = mock_split
-    return EnbidUpsampler(SUN, R_MAX).fit(train, seed=3).save(
-        tmp_path_factory.mktemp("model") / "enbid")
+def model_dir(enbid_model_dir):
+    return enbid_model_dir
 
 
 @pytest.fixture(scope="module")
-def reference(model_dir, tmp_path_factory):
-    """The same shards drawn one after another in this process, by the single-process writer."""
-    model, frame = upsamplers.load(model_dir), SolarFrame.from_config(CONFIG)
+def in_process(model_dir, tmp_path_factory):
+    """(out, manifest): the same catalog built in this process, one shard after another."""
+    out = tmp_path_factory.mktemp("single") / "enbid"
+    return out, write_catalog(model_dir, N, SEED, out, CONFIG, METADATA,
+                              LocalCatalogRunner(spill_rows=700))
 
-    def batches():
-        for shard in ShardPlan(N, CONFIG.sample.shard_size, SEED):
-            first = shard.first_star_id
-            for stars in model.iter_samples(shard.count, shard.seed, CONFIG.sample.batch_size):
-                yield catalog_table(stars, first, frame)
-                first += len(stars)
 
-    directory = tmp_path_factory.mktemp("single") / "hats"
-    write_hats_catalog(batches, directory, "enbid", CONFIG.catalog, METADATA)
-    return directory
+@pytest.fixture(scope="module")
+def reference(in_process):
+    return in_process[0] / "hats"
 
 
 @pytest.fixture(scope="module")
@@ -109,9 +100,19 @@ def _assert_equals_reference(hats, reference):
         reference / "partition_info.csv").read_text()
 
 
+def _spec(model_dir, folder):
+    plan = ShardPlan(N, CONFIG.sample.shard_size, SEED)
+    return ShardSpec.from_config(plan, folder, model_hash(model_dir), CONFIG)
+
+
 @pytest.mark.ray
-def test_catalog_opens_in_lsdb_and_equals_the_single_process_draw(sharded, reference):
+def test_catalog_opens_in_lsdb_and_equals_the_in_process_build(sharded, in_process, reference):
     out, manifest = sharded
+    theirs = in_process[1]
+    for key in ("request", "rows", "partitions", "content_sha256", "shards"):
+        assert manifest[key] == theirs[key], key
+    assert (in_process[0] / "stars.zarr").exists()
+    assert not (in_process[0] / SHARDS_DIR).exists()
     stars = lsdb.open_catalog(out / "hats").compute()
     assert len(stars) == N == manifest["rows"]
     np.testing.assert_array_equal(np.sort(stars["star_id"].to_numpy()), np.arange(N))
@@ -125,11 +126,29 @@ def test_catalog_opens_in_lsdb_and_equals_the_single_process_draw(sharded, refer
 
 @pytest.mark.ray
 def test_a_killed_sampling_worker_is_replaced_without_losing_or_duplicating_stars(
-        model_dir, sharded, reference, tmp_path, monkeypatch):
+        model_dir, sharded, reference, tmp_path):
     marker = tmp_path / "died"
-    monkeypatch.setenv(FAULT_ENV, f"2:{marker}")
+    doomed_seed = ShardPlan(N, CONFIG.sample.shard_size, SEED).shard(2).seed
+
+    def load_a_model_that_dies_once(directory):
+        """The saved model, whose draw of shard 2 kills its process after the first batch
+        (once: the marker file remembers)."""
+        model = upsamplers.load(directory)
+        draw = model.iter_samples
+
+        def iter_samples(n, seed, batch_size=65_536, stats=None):
+            for batch in draw(n, seed, batch_size, stats):
+                yield batch
+                if seed == doomed_seed and not marker.exists():
+                    marker.write_text(str(os.getpid()))
+                    os._exit(1)
+
+        model.iter_samples = iter_samples
+        return model
+
     out = tmp_path / "enbid"
-    manifest = write_sharded_catalog(model_dir, N, SEED, out, CONFIG, METADATA)
+    runner = RayCatalogRunner(CONFIG.ray, load_model=load_a_model_that_dies_once)
+    manifest = write_catalog(model_dir, N, SEED, out, CONFIG, METADATA, runner)
     assert marker.exists(), "the worker drawing shard 2 did not die"
     assert manifest["shards"] == sharded[1]["shards"]
     ids = pq.read_table(out / "hats" / "dataset", columns=["star_id"]).column(0).to_numpy()
@@ -141,9 +160,8 @@ def test_a_killed_sampling_worker_is_replaced_without_losing_or_duplicating_star
 def test_an_interrupted_run_reuses_finished_shards_and_redraws_the_rest(
         model_dir, sharded, reference, tmp_path):
     out = tmp_path / "enbid"
-    plan = ShardPlan(N, CONFIG.sample.shard_size, SEED)
-    key = shard_key(model_hash(model_dir), CONFIG)
-    first = sample_shards(model_dir, plan, out / SHARDS_DIR, key, CONFIG, shard_ids=[0, 1, 3])
+    first = draw_shards(RayCatalogRunner(CONFIG.ray), model_dir,
+                        _spec(model_dir, out / SHARDS_DIR), [0, 1, 3])
     assert [row["sampled"] for row in first] == [True, True, True]
     # a crash mid-write leaves a partial file; a tampered shard must not be trusted
     (out / SHARDS_DIR / "shard-000002.parquet.partial").write_bytes(b"half a file")
@@ -180,14 +198,10 @@ def test_sampler_pool_follows_the_cluster_and_rejects_oversized_workers(ray_clus
 
 
 def test_a_worker_reproduces_a_shard_bit_for_bit(model_dir, tmp_path):
-    plan = ShardPlan(N, CONFIG.sample.shard_size, SEED)
-    key = shard_key(model_hash(model_dir), CONFIG)
-    stats = []
+    model, stats = upsamplers.load(model_dir), []
     for folder in ("a", "b"):
-        sampler = ShardSampler(str(model_dir), plan, str(tmp_path / folder), key,
-                               SolarFrame.from_config(CONFIG), 512, 5, None)
-        (tmp_path / folder).mkdir()
-        stats.append(sampler.draw(plan.shard(3)))
-        assert sampler.draw(plan.shard(3))["sampled"] is False
+        spec = _spec(model_dir, tmp_path / folder)
+        stats.append(draw_shard(model, spec, spec.plan.shard(3)))
+        assert draw_shard(model, spec, spec.plan.shard(3))["sampled"] is False
     assert stats[0]["sha256"] == stats[1]["sha256"] and stats[0]["rows"] == 500
     assert os.path.getsize(tmp_path / "a" / "shard-000003.parquet") > 0

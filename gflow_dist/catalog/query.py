@@ -29,10 +29,10 @@ import pyarrow.parquet as pq
 from hats.pixel_math import HealpixPixel
 from hats.pixel_math.spatial_index import SPATIAL_INDEX_COLUMN
 
-from gflow_dist.catalog.hats_writer import UNIT_KEY
 from gflow_dist.catalog.healpix import index_range, pixel_at_order
 from gflow_dist.catalog.observables import COLUMN_UNITS
 from gflow_dist.errors import AccessError, InputError
+from gflow_dist.outputs import UNIT_KEY
 
 EXPORT_SUFFIXES = (".parquet", ".csv")
 

@@ -1,6 +1,6 @@
 """The catalog's stars as a Zarr v3 store that ``xarray.open_zarr`` opens.
 
-Built from a written HATS catalog (:mod:`gflow_dist.catalog.hats_writer`), one partition
+Built from a written HATS catalog (:mod:`gflow_dist.catalog.partitions`), one partition
 file at a time, so memory stays bounded by the largest partition. Layout:
 
 - one compressed 1-D array per catalog column along dimension ``row``, with a ``units``
@@ -41,16 +41,18 @@ from hats.pixel_math.spatial_index import SPATIAL_INDEX_COLUMN
 from zarr.codecs import BloscCodec
 from zarr.storage import StoreLike
 
-from gflow_dist.catalog.hats_writer import (
+from gflow_dist.catalog.healpix import index_range
+from gflow_dist.catalog.partitions import partition_file
+from gflow_dist.errors import InputError
+from gflow_dist.outputs import (
     MANIFEST_FILE,
     METADATA_KEY,
     UNIT_KEY,
-    partition_file,
-    publish,
+    publish_folder,
     read_manifest,
+    staging_folder,
+    write_manifest,
 )
-from gflow_dist.catalog.healpix import index_range
-from gflow_dist.errors import InputError
 
 INDEX_ARRAYS = ("pixel_order", "pixel", "offset", "count")
 MIN_CHUNK_ROWS, MAX_CHUNK_ROWS = 64, 65_536
@@ -148,7 +150,7 @@ def write_zarr_catalog(hats_dir: str | Path, store_path: str | Path,
         return existing
     offsets = np.concatenate([[0], np.cumsum([_padded(c, chunk_rows) for c in counts])])
     schema = pq.read_schema(hats_dir / "dataset" / "_common_metadata")
-    staging = store_path.with_name(f".{store_path.name}.staging")
+    staging = staging_folder(store_path)
     shutil.rmtree(staging, ignore_errors=True)
     root = zarr.open_group(staging, mode="w", zarr_format=3)
     _create_arrays(root, schema, int(offsets[-1]), chunk_rows)
@@ -172,8 +174,8 @@ def write_zarr_catalog(hats_dir: str | Path, store_path: str | Path,
         warnings.filterwarnings("ignore", "Consolidated metadata", UserWarning)
         zarr.consolidate_metadata(staging)
     manifest = {"request": request, "rows": int(sum(counts)), "padded_rows": int(offsets[-1])}
-    (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
-    publish(staging, store_path)
+    write_manifest(staging, manifest)
+    publish_folder(staging, store_path)
     return manifest
 
 

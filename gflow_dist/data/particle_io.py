@@ -1,8 +1,9 @@
 """Write and read particle sets as Parquet with their provenance and run metadata.
 
 Columns x, y, z [kpc], vx, vy, vz [km/s] and optional mass [M☉], float64, each carrying
-its unit in the field metadata (key ``unit``). The provenance and the caller's metadata
-are JSON-encoded under the schema metadata key ``gflow_dist``.
+its unit in the field metadata (key ``unit``, strings of :data:`gflow_dist.outputs.UNITS`).
+The provenance and the caller's metadata are JSON-encoded under the schema metadata key
+``gflow_dist``.
 """
 
 from __future__ import annotations
@@ -18,10 +19,7 @@ import pyarrow.parquet as pq
 
 from gflow_dist.data.particles import MASS_COLUMN, PHASE_SPACE_COLUMNS, ParticleSet
 from gflow_dist.errors import InputError
-
-METADATA_KEY = b"gflow_dist"
-UNITS = {"x": "kpc", "y": "kpc", "z": "kpc", "vx": "km/s", "vy": "km/s", "vz": "km/s",
-         MASS_COLUMN: "Msun"}  # fmt: skip
+from gflow_dist.outputs import METADATA_KEY, UNIT_KEY, UNITS
 
 
 def write_particles(particles: ParticleSet, path: str | Path, metadata: dict[str, str]) -> None:
@@ -34,7 +32,7 @@ def write_particles(particles: ParticleSet, path: str | Path, metadata: dict[str
     columns = dict(zip(PHASE_SPACE_COLUMNS, particles.phase_space.T, strict=True))
     if particles.mass is not None:
         columns[MASS_COLUMN] = particles.mass
-    fields = [pa.field(name, pa.float64(), metadata={"unit": UNITS[name]}) for name in columns]
+    fields = [pa.field(name, pa.float64(), metadata={UNIT_KEY: UNITS[name]}) for name in columns]
     document = {"provenance": dict(particles.provenance), "metadata": dict(metadata)}
     schema = pa.schema(fields, metadata={METADATA_KEY: json.dumps(document, sort_keys=True)})
     table = pa.table([np.asarray(v, dtype=np.float64) for v in columns.values()], schema=schema)

@@ -8,9 +8,9 @@ actor. Each runner only calls library functions inside Ray.
 from __future__ import annotations
 
 from gflow_dist.config import RunConfig
+from gflow_dist.distributed.catalog_stages import RayCatalogRunner
 from gflow_dist.distributed.checkpoints import model_checkpoint_uri
 from gflow_dist.distributed.evaluation import RayClassifierTests
-from gflow_dist.distributed.sharded_catalog import write_sharded_catalog
 from gflow_dist.distributed.training import ray_member_runner
 from gflow_dist.pipeline import Runners
 from gflow_dist.upsamplers.base import MemberRunner
@@ -25,5 +25,5 @@ def _member_runner(config: RunConfig, name: str, training_key: str) -> MemberRun
 
 def ray_runners() -> Runners:
     """Every stage's parallel work on the connected Ray cluster."""
-    return Runners(members=_member_runner, catalog=write_sharded_catalog,
+    return Runners(members=_member_runner, catalog=lambda config: RayCatalogRunner(config.ray),
                    classifier_tests=RayClassifierTests)

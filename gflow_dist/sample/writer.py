@@ -21,26 +21,26 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from gflow_dist.data.particle_io import UNITS
 from gflow_dist.data.particles import PHASE_SPACE_COLUMNS
+from gflow_dist.outputs import (
+    METADATA_KEY,
+    UNIT_KEY,
+    UNITS,
+    publish_folder,
+    read_manifest,
+    staging_folder,
+    write_manifest,
+)
 from gflow_dist.sample.shards import ShardPlan
 from gflow_dist.sample.window import DrawStats
 from gflow_dist.upsamplers.base import Upsampler
 
-MANIFEST_FILE = "_manifest.json"
-
 
 def _schema(metadata: dict[str, str]) -> pa.Schema:
     fields = [pa.field("star_id", pa.uint64())]
-    fields += [pa.field(c, pa.float64(), metadata={"unit": UNITS[c]})
+    fields += [pa.field(c, pa.float64(), metadata={UNIT_KEY: UNITS[c]})
                for c in PHASE_SPACE_COLUMNS]
-    return pa.schema(fields, metadata={"gflow_dist": json.dumps(metadata, sort_keys=True)})
-
-
-def read_manifest(directory: str | Path) -> dict | None:
-    """The manifest of a published sample, or None when there is none."""
-    path = Path(directory) / MANIFEST_FILE
-    return json.loads(path.read_text()) if path.exists() else None
+    return pa.schema(fields, metadata={METADATA_KEY: json.dumps(metadata, sort_keys=True)})
 
 
 def _batches(upsampler: Upsampler, plan: ShardPlan, batch_size: int,
@@ -68,7 +68,7 @@ def write_samples(upsampler: Upsampler, plan: ShardPlan, directory: str | Path,
     existing = read_manifest(directory)
     if existing is not None and existing["request"] == request:
         return existing
-    staging = directory.with_name(f".{directory.name}.staging")
+    staging = staging_folder(directory)
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     schema = _schema(metadata | {"upsampler": upsampler.kind})
@@ -91,16 +91,6 @@ def write_samples(upsampler: Upsampler, plan: ShardPlan, directory: str | Path,
                 "rejection_rate": stats.rejection_rate, "proposed": stats.proposed}
     if manifest["rows"] != n:
         raise RuntimeError(f"sampled {manifest['rows']} stars, expected {n}; nothing published")
-    (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
-    _publish(staging, directory)
+    write_manifest(staging, manifest)
+    publish_folder(staging, directory)
     return manifest
-
-
-def _publish(staging: Path, directory: Path) -> None:
-    """Swap ``staging`` into ``directory``; the old content is removed only afterwards."""
-    retired = directory.with_name(f".{directory.name}.retired")
-    shutil.rmtree(retired, ignore_errors=True)
-    if directory.exists():
-        directory.rename(retired)
-    staging.rename(directory)
-    shutil.rmtree(retired, ignore_errors=True)

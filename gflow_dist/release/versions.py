@@ -1,7 +1,7 @@
 """Versioned, atomic publishing of regeneration runs: ``gflow publish`` and ``gflow versions``.
 
 Layout of a catalog location ``ROOT/<name>`` (a folder, or an S3 prefix; see
-:mod:`gflow_dist.release_stores`)::
+:mod:`gflow_dist.release.stores`)::
 
     ROOT/<name>/v=<UTC time>-<config hash>/   one complete ``gflow run`` output, immutable
     ROOT/<name>/v=.../manifest.json           config hash, model hashes, code version,
@@ -19,20 +19,23 @@ never the one ``latest`` names, and so are the leftovers of runs that died mid-w
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from gflow_dist.catalog.hats_writer import read_manifest
 from gflow_dist.config import RunConfig
 from gflow_dist.errors import GflowError
+from gflow_dist.outputs import read_manifest
 from gflow_dist.provenance import versions
-from gflow_dist.release_stores import VERSION_PREFIX, ReleaseStore, open_store
+from gflow_dist.release.stores import VERSION_PREFIX, ReleaseStore, open_store
 from gflow_dist.upsamplers import model_hash
 
+logger = logging.getLogger(__name__)
+
 Runner = Callable[[RunConfig, Path], None]
-"""Runs the whole job for a config into an output folder (``jobs.run_all``)."""
+"""Runs the whole job for a config into an output folder (``pipeline.run_all`` with its runners)."""
 
 
 def code_version() -> str:
@@ -78,14 +81,14 @@ def publish(config: RunConfig, root: str | Path, name: str, run: Runner, keep: i
     store = open_store(f"{str(root).rstrip('/')}/{name}", staging_root)
     with store.lock():
         for leftover in store.leftovers():
-            print(f"publish: removed {leftover}, left by a run that died", flush=True)
+            logger.info("publish: removed %s, left by a run that died", leftover)
         current = store.latest()
         if current is not None and not force:
             manifest = store.manifest(current)
             if (manifest["config_sha256"], manifest["code_version"]) == (config.hash(),
                                                                           code_version()):
-                print(f"publish: {store.uri(current)} already holds this config and code; "
-                      "nothing to do (--force regenerates)", flush=True)
+                logger.info("publish: %s already holds this config and code; nothing to do "
+                            "(--force regenerates)", store.uri(current))
                 return current
         started = datetime.now(UTC)
         version = f"{VERSION_PREFIX}{started:%Y%m%dT%H%M%S%fZ}-{config.hash()[:8]}"
@@ -105,6 +108,6 @@ def publish(config: RunConfig, root: str | Path, name: str, run: Runner, keep: i
             raise
         store.point_latest(version)
         removed = _retain(store, keep)
-    print(f"publish: {store.location}/latest -> {version}"
-          + (f"; removed {', '.join(removed)}" if removed else ""), flush=True)
+    logger.info("publish: %s/latest -> %s%s", store.location, version,
+                f"; removed {', '.join(removed)}" if removed else "")
     return version

@@ -1,0 +1,176 @@
+"""Build a catalog from a saved model: draw shards, plan partitions, write HATS, publish.
+
+``out_dir/hats`` (HATS Parquet, :mod:`gflow_dist.catalog.partitions`) and
+``out_dir/stars.zarr`` (:mod:`gflow_dist.catalog.zarr_writer`) are published all or
+nothing, in three steps; where the work runs is the injected :class:`CatalogRunner`'s
+business (:class:`gflow_dist.catalog.local.LocalCatalogRunner` here, one shard after
+another; ``gflow_dist.distributed.catalog_stages.RayCatalogRunner`` on a Ray cluster):
+
+1. **Draw.** Every shard of the plan is drawn (or a complete one reused) into the staging
+   folder ``out_dir/.shards`` (:mod:`gflow_dist.catalog.shards`).
+2. **Partition.** The shards' merged pixel counts give the partition plan
+   (:mod:`gflow_dist.catalog.healpix`); the runner writes every partition, sorted, from
+   the shard files, and its row count is checked against the plan.
+3. **Publish.** The HATS metadata and the manifest are added, the folder is swapped into
+   place (:func:`gflow_dist.outputs.publish_folder`), the Zarr store is built from it and
+   the shard staging is removed. The manifest's request (model hash, n, seed, shard and
+   batch size, partitioning, frame, metadata) makes a rerun with the same inputs a no-op.
+
+Both runners write the same bytes for the same model, plan and config.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Protocol
+
+import pyarrow as pa
+
+from gflow_dist.catalog.healpix import PartitionPlan, counting_order, plan_partitions
+from gflow_dist.catalog.observables import SolarFrame
+from gflow_dist.catalog.partitions import (
+    PARTITIONING_KEYS,
+    check_partition_rows,
+    partition_schema,
+    write_hats_metadata,
+)
+from gflow_dist.catalog.shards import ShardFiles, ShardSpec, merge_shard_counts
+from gflow_dist.catalog.zarr_writer import write_zarr_catalog
+from gflow_dist.config import RunConfig
+from gflow_dist.outputs import publish_folder, read_manifest, staging_folder, write_manifest
+from gflow_dist.sample.shards import ShardPlan
+from gflow_dist.upsamplers import model_hash
+from gflow_dist.upsamplers.base import SPEC_FILE
+
+SHARDS_DIR = ".shards"
+
+
+class CatalogRunner(Protocol):
+    """Where the two heavy steps of a catalog build run."""
+
+    def draw_shards(self, model_dir: Path, spec: ShardSpec, indices: list[int]) -> list[dict]:
+        """Draw (or reuse) shards ``indices`` of ``spec.plan`` with
+        :func:`gflow_dist.catalog.shards.draw_shard`; their stats, in any order."""
+
+    def write_partitions(self, shard_files: list[Path], plan: PartitionPlan, schema: pa.Schema,
+                         dataset: Path) -> dict[int, int]:
+        """Write every partition of ``plan`` from the stars of ``shard_files`` with
+        :func:`gflow_dist.catalog.partitions.write_partition`; rows per partition index."""
+
+
+def draw_shards(runner: CatalogRunner, model_dir: Path, spec: ShardSpec,
+                indices: list[int] | None = None) -> list[dict]:
+    """Every shard's stats (or only ``indices``'), sorted by index; see ``draw_shard``."""
+    indices = list(range(len(spec.plan))) if indices is None else sorted(indices)
+    stats = sorted(runner.draw_shards(model_dir, spec, indices), key=lambda row: row["index"])
+    if [row["index"] for row in stats] != indices:
+        raise RuntimeError(f"drew shards {[row['index'] for row in stats]}, expected "
+                           f"{indices}; nothing published")
+    return stats
+
+
+def write_catalog(model_dir: Path, n: int, seed: int, out_dir: Path, config: RunConfig,
+                  metadata: dict[str, str], runner: CatalogRunner) -> dict:
+    """Draw ``n`` stars of the saved model in shards and publish ``out_dir/hats`` (+ Zarr).
+
+    Args:
+        model_dir: a saved upsampler (``spec.json`` + weights) on storage every worker sees.
+        n: stars in the catalog; star_id runs 0..n-1.
+        seed: the draw's seed; shard k draws with ``shard_seed(seed, k)``.
+        out_dir: the catalog folder: ``hats/``, ``stars.zarr`` (``catalog.zarr``) and,
+            while running, the shard staging ``.shards/``.
+        config: ``sample.shard_size``, ``sample.batch_size``, the ``catalog`` partitioning
+            and the Solar frame (``galaxy``).
+        metadata: flat provenance strings, stored in the schema metadata and as
+            ``gflow_<key>`` in ``hats.properties``.
+        runner: where the shards are drawn and the partitions written.
+
+    Returns the HATS manifest: ``request``, ``rows``, ``partitions`` [[order, pixel, rows]],
+    ``content_sha256``, per-shard ``shards`` [[index, rows, sha256]] and ``run``: shards
+    ``sampled`` or ``reused`` from the staging, ``sample_seconds`` and ``seconds`` (wall
+    time to the end of the sampling and of the partition writing) and ``workers`` (per
+    sampling process: shards, rows, draw seconds, peak RSS [MiB]) of the run that wrote it;
+    a no-op rerun returns that manifest unchanged.
+    """
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    start = time.perf_counter()
+    plan = ShardPlan(n, config.sample.shard_size, seed)
+    model = model_hash(model_dir)
+    name = metadata.get("upsampler") or json.loads((model_dir / SPEC_FILE).read_text())["kind"]
+    request = {"model_sha256": model, "n": n, "seed": seed,
+               "shard_size": config.sample.shard_size, "batch_size": config.sample.batch_size,
+               "catalog_name": name, "frame": SolarFrame.from_config(config).to_metadata(),
+               "partitioning": config.catalog.model_dump(mode="json", include=PARTITIONING_KEYS),
+               "metadata_sha256": hashlib.sha256(
+                   json.dumps(metadata, sort_keys=True).encode()).hexdigest()}
+    hats, folder = out_dir / "hats", out_dir / SHARDS_DIR
+    manifest = read_manifest(hats)
+    if manifest is None or manifest["request"] != request:
+        spec = ShardSpec.from_config(plan, folder, model, config)
+        stats = draw_shards(runner, model_dir, spec)
+        manifest = _partition_and_publish(plan, stats, folder, hats, name, config, metadata,
+                                          request, start, runner)
+    if config.catalog.zarr:
+        write_zarr_catalog(hats, out_dir / "stars.zarr")
+    shutil.rmtree(folder, ignore_errors=True)
+    return manifest
+
+
+def _worker_stats(stats: list[dict]) -> list[dict]:
+    """Per sampling process: shards, stars, draw seconds and peak RSS [MiB] of its draws."""
+    workers: dict[int, dict] = {}
+    for row in stats:
+        worker = workers.setdefault(row["pid"], {"pid": row["pid"], "shards": 0, "rows": 0,
+                                                 "seconds": 0.0, "peak_rss_mb": 0.0})
+        worker["shards"] += 1
+        worker["rows"] += row["rows"]
+        worker["seconds"] += row["seconds"]
+        worker["peak_rss_mb"] = max(worker["peak_rss_mb"], row["peak_rss_mb"])
+    return sorted(workers.values(), key=lambda worker: worker["pid"])
+
+
+def _partition_and_publish(plan: ShardPlan, stats: list[dict], folder: Path, hats: Path,
+                           name: str, config: RunConfig, metadata: dict[str, str],
+                           request: dict, start: float, runner: CatalogRunner) -> dict:
+    files = [ShardFiles.of(folder, row["index"]) for row in stats]
+    wrong = [row["index"] for row, shard in zip(stats, plan, strict=True)
+             if row["rows"] != shard.count]
+    if wrong:
+        raise RuntimeError(f"shards {wrong[:5]} hold the wrong number of stars; nothing "
+                           "published")
+    counts = merge_shard_counts([f.record for f in files], counting_order(
+        config.catalog.partition_order, config.catalog.highest_order))
+    partitions = plan_partitions(counts, config.catalog.partition_order,
+                                 config.catalog.max_rows_per_partition)
+    if partitions.total_rows != plan.total:
+        raise RuntimeError(f"the shards' pixel counts hold {partitions.total_rows} stars, the "
+                           f"plan {plan.total}; nothing published")
+    staging = staging_folder(hats)
+    shutil.rmtree(staging, ignore_errors=True)
+    shas = [row["sha256"] for row in stats]
+    manifest = {"request": request, "rows": partitions.total_rows,
+                "partitions": [[p.order, p.pixel, c]
+                               for p, c in zip(partitions.pixels, partitions.counts, strict=True)],
+                "content_sha256": hashlib.sha256("".join(shas).encode()).hexdigest(),
+                "shards": [[row["index"], row["rows"], row["sha256"]] for row in stats],
+                "run": {"sampled": sum(row["sampled"] for row in stats),
+                        "reused": sum(not row["sampled"] for row in stats),
+                        "sample_seconds": time.perf_counter() - start,
+                        "workers": _worker_stats(stats)}}
+    schema = partition_schema(metadata)
+    try:
+        rows = runner.write_partitions([f.parquet for f in files], partitions, schema,
+                                       staging / "dataset")
+        check_partition_rows(rows, partitions)
+        write_hats_metadata(staging, partitions, schema, name, config.catalog, metadata)
+        manifest["run"]["seconds"] = time.perf_counter() - start
+        write_manifest(staging, manifest)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    publish_folder(staging, hats)
+    return manifest

@@ -1,0 +1,134 @@
+"""The catalog build's two heavy steps on a Ray cluster: :class:`RayCatalogRunner`.
+
+The science and the file formats live in :mod:`gflow_dist.catalog` (see
+:mod:`gflow_dist.catalog.build`); this module only places the work:
+
+- **Draw.** A Ray Data dataset of shard ids flows through a pool of :class:`ShardActor`
+  actors (:func:`sampler_pool` of them), one shard at a time per actor. Each loads the
+  saved model once and calls :func:`gflow_dist.catalog.shards.draw_shard` per shard. Ray
+  Data restarts a dead actor and retries the shard it was drawing (its actor pools default
+  to ``max_restarts=-1``, ``max_task_retries=-1``); the retried draw replaces the
+  half-written ``.partial`` file.
+- **Partition.** ``ray.data.read_parquet`` of the shard files → partition index →
+  ``groupby(partition).map_groups`` (task-based sort shuffle, spilling to disk past the
+  object store): every group goes to :func:`gflow_dist.catalog.partitions.write_partition`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from gflow_dist import upsamplers
+from gflow_dist.catalog.build import write_catalog
+from gflow_dist.catalog.healpix import PartitionPlan
+from gflow_dist.catalog.partitions import (
+    PARTITION_COLUMN,
+    assign_partitions,
+    write_partition,
+)
+from gflow_dist.catalog.schema import table_records
+from gflow_dist.catalog.shards import ShardSpec, draw_shard
+from gflow_dist.config import RayConfig, RunConfig
+from gflow_dist.errors import GflowError
+from gflow_dist.upsamplers import Upsampler
+
+
+def sampler_pool(config: RayConfig, shards: int) -> int:
+    """Sampling actors to run at once: ``ray.max_samplers`` or what the cluster holds."""
+    import ray
+
+    available = ray.cluster_resources()
+    fits = math.floor(available.get("CPU", 0.0) / config.num_cpus_per_sampler)
+    if config.num_gpus_per_sampler > 0:
+        fits = min(fits, math.floor(available.get("GPU", 0.0) / config.num_gpus_per_sampler))
+    if fits < 1:
+        raise GflowError(
+            f"no sampling worker fits the cluster ({available.get('CPU', 0.0)} CPUs, "
+            f"{available.get('GPU', 0.0)} GPUs): lower ray.num_cpus_per_sampler="
+            f"{config.num_cpus_per_sampler} or ray.num_gpus_per_sampler="
+            f"{config.num_gpus_per_sampler} (0 on CPU-only clusters)")
+    return max(1, min(config.max_samplers or fits, fits, shards))
+
+
+class ShardActor:
+    """A Ray Data callable class: loads the model once, then draws the shards it is given
+    (shard indices in column ``id``); returns their stats as columns."""
+
+    def __init__(self, model_dir: str, spec: ShardSpec,
+                 load_model: Callable[[Path], Upsampler]) -> None:
+        self.model, self.spec = load_model(Path(model_dir)), spec
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        stats = [draw_shard(self.model, self.spec, self.spec.plan.shard(int(k)))
+                 for k in batch["id"]]
+        return {name: np.array([s[name] for s in stats]) for name in stats[0]}
+
+
+def _write_group(table: pa.Table, plan: PartitionPlan, schema: pa.Schema,
+                 dataset: str) -> pa.Table:
+    index = int(table.column(PARTITION_COLUMN)[0].as_py())
+    rows = write_partition(table_records(table, schema), plan.pixels[index], schema,
+                           Path(dataset))
+    return pa.table({"partition": [index], "rows": [rows]})
+
+
+class RayCatalogRunner:
+    """Draws shards on a pool of Ray actors and writes partitions with a Ray Data shuffle.
+
+    Args:
+        config: the ``ray`` section: CPUs and GPUs per sampler, ``max_samplers``.
+        load_model: restores the saved model in each actor (default
+            :func:`gflow_dist.upsamplers.load`); importable, as Ray ships it by reference.
+    """
+
+    def __init__(self, config: RayConfig,
+                 load_model: Callable[[Path], Upsampler] = upsamplers.load) -> None:
+        self.config, self.load_model = config, load_model
+
+    def draw_shards(self, model_dir: Path, spec: ShardSpec, indices: list[int]) -> list[dict]:
+        import ray
+
+        dataset = ray.data.from_items([{"id": k} for k in indices],
+                                      override_num_blocks=len(indices))
+        stats = dataset.map_batches(
+            ShardActor, batch_size=1,
+            # one shard at a time per actor: a queued shard goes to whichever actor frees first
+            compute=ray.data.ActorPoolStrategy(size=sampler_pool(self.config, len(indices)),
+                                               max_tasks_in_flight_per_actor=1),
+            num_cpus=self.config.num_cpus_per_sampler,
+            num_gpus=self.config.num_gpus_per_sampler or None,
+            fn_constructor_kwargs={"model_dir": str(model_dir), "spec": spec,
+                                   "load_model": self.load_model}).take_all()
+        return [{k: v.item() if hasattr(v, "item") else v for k, v in row.items()}
+                for row in stats]
+
+    def write_partitions(self, shard_files: list[Path], plan: PartitionPlan, schema: pa.Schema,
+                         dataset: Path) -> dict[int, int]:
+        import ray
+        from ray.data.context import ShuffleStrategy
+
+        writers = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        stars = ray.data.read_parquet([str(p) for p in shard_files])
+        # task-based sort shuffle: no aggregator actors, spills to disk past the object store
+        stars.context.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
+        written = (stars
+                   .map_batches(assign_partitions, fn_kwargs={"plan": plan},
+                                batch_format="pyarrow")
+                   .groupby(PARTITION_COLUMN, num_partitions=min(len(plan.pixels), writers))
+                   .map_groups(_write_group, batch_format="pyarrow",
+                               fn_kwargs={"plan": plan, "schema": schema,
+                                          "dataset": str(dataset)})
+                   .take_all())
+        return {int(row["partition"]): int(row["rows"]) for row in written}
+
+
+def write_sharded_catalog(model_dir: Path, n: int, seed: int, out_dir: Path, config: RunConfig,
+                          metadata: dict[str, str]) -> dict:
+    """:func:`gflow_dist.catalog.build.write_catalog` on the Ray cluster (``config.ray``)."""
+    return write_catalog(model_dir, n, seed, out_dir, config, metadata,
+                         RayCatalogRunner(config.ray))

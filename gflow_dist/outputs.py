@@ -1,0 +1,61 @@
+"""What every folder gflow-dist publishes shares: units, provenance key, manifest and swap.
+
+A published folder (a sample ``DIR/samples/<name>``, a catalog's ``hats/`` or
+``stars.zarr``) is written whole into a hidden staging folder next to it,
+``.<name>.staging``, and swapped into place by :func:`publish_folder`, so a reader sees
+the old content or the new one, never a half-written mix. Its ``_manifest.json`` records
+the request that produced it; a rerun with the same request finds it and does nothing.
+
+Every Parquet column carries its unit in the field metadata under :data:`UNIT_KEY`
+(astropy's canonical string, :data:`UNITS`), and the run's provenance is JSON under the
+schema metadata key :data:`METADATA_KEY`. Versioned releases of whole runs are a
+different thing: :mod:`gflow_dist.release`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+MANIFEST_FILE = "_manifest.json"
+METADATA_KEY = b"gflow_dist"
+UNIT_KEY = b"unit"
+
+UNITS: dict[str, str] = {
+    "star_id": "", "_healpix_29": "",
+    "x": "kpc", "y": "kpc", "z": "kpc",
+    "vx": "km / s", "vy": "km / s", "vz": "km / s",
+    "mass": "solMass",
+    "ra": "deg", "dec": "deg", "distance": "kpc", "parallax": "mas",
+    "pmra": "mas / yr", "pmdec": "mas / yr", "radial_velocity": "km / s",
+    "l": "deg", "b": "deg",
+}  # fmt: skip
+"""Unit of every column gflow-dist writes, as ``astropy.units.Unit(...).to_string()``
+gives it ('' for dimensionless), so ``astropy.units.Unit(UNITS[name])`` reads it back."""
+
+
+def read_manifest(directory: str | Path) -> dict | None:
+    """The manifest of a published folder, or None when there is none."""
+    path = Path(directory) / MANIFEST_FILE
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def write_manifest(directory: Path, manifest: dict) -> None:
+    """Write ``manifest`` as the ``_manifest.json`` of the (staging) folder ``directory``."""
+    (directory / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
+
+
+def staging_folder(directory: Path) -> Path:
+    """The hidden folder next to ``directory`` in which its new content is written."""
+    return directory.with_name(f".{directory.name}.staging")
+
+
+def publish_folder(staging: Path, directory: Path) -> None:
+    """Swap the finished ``staging`` folder into ``directory``; old content goes afterwards."""
+    retired = directory.with_name(f".{directory.name}.retired")
+    shutil.rmtree(retired, ignore_errors=True)
+    if directory.exists():
+        directory.rename(retired)
+    staging.rename(directory)
+    shutil.rmtree(retired, ignore_errors=True)
