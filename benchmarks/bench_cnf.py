@@ -47,13 +47,13 @@ import torch  # noqa: E402
 
 from gflow_dist.data.mock import MockGalaxy  # noqa: E402
 from gflow_dist.flows.cnf import ContinuousFlow  # noqa: E402
-from gflow_dist.flows.member import Architecture  # noqa: E402
+from gflow_dist.flows.cnf_upsampler import CNFUpsampler  # noqa: E402
+from gflow_dist.flows.member import CNFArchitecture  # noqa: E402
 from gflow_dist.flows.torchdyn_reference import (  # noqa: E402
     reference_log_prob,
     reference_transform,
 )
 from gflow_dist.flows.training import Recipe  # noqa: E402
-from gflow_dist.flows.upsampler import CNFUpsampler  # noqa: E402
 from gflow_dist.sample.window import DrawStats  # noqa: E402
 
 REFERENCE = {
@@ -187,7 +187,7 @@ def progress(message: str) -> None:
 def one_flow(seed: int = 0) -> ContinuousFlow:
     """An untrained unconditional 3-D flow of the paper's architecture (4 × 32, 20 steps)."""
     torch.manual_seed(seed)
-    return Architecture().build(0).eval()
+    return CNFArchitecture().build(0).eval()
 
 
 def bench_one_flow_sampling(threads: int, quick: bool) -> list[Row]:

@@ -53,9 +53,9 @@ import torch  # noqa: E402
 from gflow_dist.data.mock import MockGalaxy  # noqa: E402
 from gflow_dist.data.selection import split_train_test  # noqa: E402
 from gflow_dist.evaluate.truth import kl_divergence  # noqa: E402
-from gflow_dist.flows.member import Architecture  # noqa: E402
+from gflow_dist.flows.cnf_upsampler import CNFUpsampler  # noqa: E402
+from gflow_dist.flows.member import CNFArchitecture  # noqa: E402
 from gflow_dist.flows.training import Recipe  # noqa: E402
-from gflow_dist.flows.upsampler import CNFUpsampler  # noqa: E402
 
 PAPER_ENSEMBLE = 10
 
@@ -103,7 +103,7 @@ def bench_sampling(device: torch.device, quick: bool) -> list[dict]:
                          "seconds": seconds, "stars_per_s": n / seconds})
             print(f"sample: {members} member(s), batch {batch}: {n / seconds:,.0f} stars/s",
                   flush=True)
-    flow = Architecture().build(0).to(device).eval()
+    flow = CNFArchitecture().build(0).to(device).eval()
     for batch in ((2**16,) if quick else (2**16, 2**20, 2**22)):
         z = torch.randn(batch, 3, device=device)
         with torch.no_grad():
@@ -131,7 +131,7 @@ def epoch_seconds(device: torch.device, points: int, compile: bool = False) -> f
     warm-up epoch then holds the compilation, which the timing leaves out.
     """
     torch.manual_seed(0)
-    flow = Architecture().build(0).to(device).train()
+    flow = CNFArchitecture().build(0).to(device).train()
     flow.field.compile = compile
     optimizer = torch.optim.Adam(flow.parameters(), lr=Recipe().learning_rate)
     data = torch.randn(points, 3, device=device)

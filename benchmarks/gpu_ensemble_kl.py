@@ -40,9 +40,9 @@ import torch  # noqa: E402
 from gflow_dist.data.mock import MockGalaxy  # noqa: E402
 from gflow_dist.data.selection import split_train_test  # noqa: E402
 from gflow_dist.evaluate.truth import kl_divergence  # noqa: E402
+from gflow_dist.flows.cnf_upsampler import CNFUpsampler  # noqa: E402
 from gflow_dist.flows.member import train_member  # noqa: E402
 from gflow_dist.flows.training import Recipe  # noqa: E402
-from gflow_dist.flows.upsampler import CNFUpsampler  # noqa: E402
 
 
 def timed_member(threads: int, **job: Any) -> tuple[Path, float]:

@@ -29,9 +29,9 @@ import time
 from gflow_dist.data.mock import MockGalaxy
 from gflow_dist.data.selection import split_train_test
 from gflow_dist.evaluate.truth import kl_divergence, preprocessed_gaussian_log_prob
+from gflow_dist.flows.cnf_upsampler import CNFUpsampler
 from gflow_dist.flows.maf import MAFUpsampler
 from gflow_dist.flows.training import Recipe
-from gflow_dist.flows.upsampler import CNFUpsampler
 
 KINDS = {"cnf": CNFUpsampler, "maf": MAFUpsampler}
 

@@ -37,6 +37,7 @@ from torch import nn
 from gflow_dist.data.mock import MockGalaxy
 from gflow_dist.data.selection import split_train_test
 from gflow_dist.evaluate.truth import kl_divergence
+from gflow_dist.flows.cnf_upsampler import CNFUpsampler
 from gflow_dist.flows.member import (
     FINETUNE_STAGE,
     WEIGHTS_FILE,
@@ -45,7 +46,6 @@ from gflow_dist.flows.member import (
     train_member,
 )
 from gflow_dist.flows.training import Recipe
-from gflow_dist.flows.upsampler import CNFUpsampler
 from gflow_dist.preprocess import Preprocessor
 
 

@@ -18,7 +18,7 @@ import hashlib
 import json
 import math
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -35,6 +35,9 @@ from pydantic import (
 
 from gflow_dist.data.validation import DEFAULT_MAX_SPEED_KMS
 from gflow_dist.errors import ConfigError
+
+if TYPE_CHECKING:
+    from gflow_dist.flows.training import Recipe
 
 
 def _three_values(value: Any) -> Any:
@@ -135,7 +138,32 @@ class SplitConfig(_Frozen):
                                  "particles held out for testing; both halves must be non-empty")
 
 
-class CNFConfig(_Frozen):
+class TrainingRecipeConfig(_Frozen):
+    """The training recipe that the CNF, the MAF and the classifier share (paper §3.3).
+
+    Adam at ``learning_rate`` on ``batches_per_epoch`` minibatches per epoch, early
+    stopping after ``patience`` epochs without a better validation loss on the held-out
+    ``validation_fraction``, then (``refine``) the same from the best state at
+    ``refine_learning_rate``. Each section that trains states its own values.
+    """
+
+    learning_rate: PositiveFloat = 1e-3
+    refine_learning_rate: PositiveFloat = 1e-4
+    validation_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="held out to stop early")
+    batches_per_epoch: StrictInt = Field(10, ge=1)
+    max_epochs: StrictInt = Field(100_000, ge=1, description="cap per training phase")
+    patience: StrictInt = Field(50, ge=1, description="epochs without validation improvement")
+    refine: StrictBool = Field(True, description="restart from the best state at the refine rate")
+
+    def to_recipe(self) -> Recipe:
+        """The :class:`~gflow_dist.flows.training.Recipe` these settings describe."""
+        from gflow_dist.flows.training import Recipe
+
+        return Recipe(self.learning_rate, self.refine_learning_rate, self.batches_per_epoch,
+                      self.max_epochs, self.patience, self.refine)
+
+
+class CNFConfig(TrainingRecipeConfig):
     """GalaxyFlow's CNF and its training recipe (paper §3.2–3.3)."""
 
     ensemble_size: StrictInt = Field(10, ge=1, description="independently seeded members")
@@ -151,13 +179,6 @@ class CNFConfig(_Frozen):
         description="'rk4' is classic RK4; 'torchdyn-1.0.6' reproduces torchdyn's "
         "stage times (t, t, t+h/2, t+h/2) for models trained with it",
     )
-    learning_rate: PositiveFloat = 1e-3
-    refine_learning_rate: PositiveFloat = 1e-4
-    validation_fraction: float = Field(0.2, gt=0.0, lt=1.0)
-    batches_per_epoch: StrictInt = Field(10, ge=1)
-    max_epochs: StrictInt = Field(100_000, ge=1, description="cap per training phase")
-    patience: StrictInt = Field(50, ge=1, description="epochs without validation improvement")
-    refine: StrictBool = Field(True, description="restart from the best state at the refine rate")
     compile: StrictBool = Field(
         True, description="train through torch.compile (faster, ~30 s to build)"
     )
@@ -205,7 +226,7 @@ class KdeMleConfig(_Frozen):
     )
 
 
-class MAFConfig(_Frozen):
+class MAFConfig(TrainingRecipeConfig):
     """Masked autoregressive flows p(r)·p(v|r) (paper Appendix A), trained like the CNF."""
 
     ensemble_size: StrictInt = Field(10, ge=1)
@@ -213,13 +234,6 @@ class MAFConfig(_Frozen):
     transforms: StrictInt = Field(5, ge=1, description="autoregressive transforms per flow")
     hidden_layers: StrictInt = Field(2, ge=1)
     hidden_units: StrictInt = Field(128, ge=1)
-    learning_rate: PositiveFloat = 1e-3
-    refine_learning_rate: PositiveFloat = 1e-4
-    validation_fraction: float = Field(0.2, gt=0.0, lt=1.0)
-    batches_per_epoch: StrictInt = Field(10, ge=1)
-    max_epochs: StrictInt = Field(100_000, ge=1)
-    patience: StrictInt = Field(50, ge=1)
-    refine: StrictBool = True
 
 
 class CatalogConfig(_Frozen):
@@ -251,7 +265,7 @@ class CatalogConfig(_Frozen):
         return value
 
 
-class EvaluateConfig(_Frozen):
+class EvaluateConfig(TrainingRecipeConfig):
     """The multi-model classifier test (paper §5.3) and the scores beyond the paper."""
 
     enabled: StrictBool = Field(True, description="evaluate as the last stage of `gflow run`")
@@ -269,11 +283,7 @@ class EvaluateConfig(_Frozen):
     )
     validation_fraction: float = Field(0.5, gt=0.0, lt=1.0, description="paper: half")
     batches_per_epoch: StrictInt = Field(1000, ge=1, description="paper: 1000")
-    learning_rate: PositiveFloat = 1e-3
-    refine_learning_rate: PositiveFloat = 1e-4
-    max_epochs: StrictInt = Field(100_000, ge=1, description="cap per training phase")
     patience: StrictInt = Field(100, ge=1, description="paper: 100 epochs")
-    refine: StrictBool = True
     two_sample: StrictBool = Field(
         True, description="also the binary particles-vs-upsampler AUC of §5.2 (secondary)"
     )

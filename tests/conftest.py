@@ -27,12 +27,12 @@ def mock_split(mock_galaxy):
 @pytest.fixture(scope="session")
 def fitted_cnf(mock_split):
     """A 2-member CNF trained briefly on the 2,000 train particles (10 RK4 steps, for speed)."""
-    from gflow_dist.flows.member import Architecture
+    from gflow_dist.flows.cnf_upsampler import CNFUpsampler
+    from gflow_dist.flows.member import CNFArchitecture
     from gflow_dist.flows.training import Recipe
-    from gflow_dist.flows.upsampler import CNFUpsampler
 
     train_half, _ = mock_split
-    model = CNFUpsampler(SUN, R_MAX, architecture=Architecture(steps=10),
+    model = CNFUpsampler(SUN, R_MAX, architecture=CNFArchitecture(steps=10),
                          recipe=Recipe(max_epochs=25, patience=5, refine=False), ensemble_size=2)
     return model.fit(train_half, seed=5)
 

@@ -9,9 +9,9 @@ import torch
 from gflow_dist import upsamplers
 from gflow_dist.evaluate.truth import preprocessed_gaussian_log_prob
 from gflow_dist.flows.cnf import standard_normal_log_prob
-from gflow_dist.flows.member import Architecture, train_member
+from gflow_dist.flows.cnf_upsampler import CNFUpsampler
+from gflow_dist.flows.member import CNFArchitecture, train_member
 from gflow_dist.flows.training import Recipe, train, validation_split
-from gflow_dist.flows.upsampler import CNFUpsampler
 from tests.conftest import R_MAX, SUN
 
 
@@ -115,7 +115,7 @@ def test_interrupted_training_resumes_to_the_uninterrupted_result(tmp_path):
 
     def fresh():
         torch.manual_seed(0)
-        return Architecture(steps=4).build(0)
+        return CNFArchitecture(steps=4).build(0)
 
     def nll(flow, batch, context):
         return -flow.log_prob(batch, context).mean()
@@ -147,7 +147,7 @@ def test_trained_member_is_not_retrained(tmp_path):
     rng = np.random.default_rng(1)
     rows = rng.normal(size=(200, 3))
     arguments = dict(positions=rows, velocities=rows[::-1].copy(),
-                     architecture=Architecture(steps=2),
+                     architecture=CNFArchitecture(steps=2),
                      recipe=Recipe(max_epochs=1, patience=1, refine=False),
                      validation_fraction=0.2, seed=3, directory=tmp_path / "member")
     directory = train_member(**arguments)

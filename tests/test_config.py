@@ -434,3 +434,15 @@ def test_equal_values_hash_equal_regardless_of_int_or_float():
     a = load_config(None, overrides=["sample.factor=500", "galaxy.r_max_kpc=3"])
     b = load_config(None, overrides=["sample.factor=500.0", "galaxy.r_max_kpc=3.0"])
     assert a == b and a.hash() == b.hash()
+
+
+def test_every_training_section_shares_the_recipe_and_builds_its_own():
+    config = build_config({"cnf": {"patience": 7, "compile": False},
+                           "maf": {"batches_per_epoch": 3},
+                           "evaluate": {"learning_rate": 2e-3, "refine": False}})
+    assert config.cnf.to_recipe().patience == 7
+    assert config.maf.to_recipe().batches_per_epoch == 3
+    assert config.maf.to_recipe().patience == 50
+    evaluate = config.evaluate.to_recipe()
+    assert (evaluate.learning_rate, evaluate.refine, evaluate.patience) == (2e-3, False, 100)
+    assert config.evaluate.validation_fraction == 0.5  # the paper's half, its own default

@@ -20,9 +20,9 @@ from gflow_dist.distributed.training import (
     ray_member_runner,
 )
 from gflow_dist.errors import GflowError
-from gflow_dist.flows.member import Architecture, train_member
+from gflow_dist.flows.cnf_upsampler import CNFUpsampler
+from gflow_dist.flows.member import CNFArchitecture, train_member
 from gflow_dist.flows.training import Recipe
-from gflow_dist.flows.upsampler import CNFUpsampler
 
 pytestmark = pytest.mark.ray
 
@@ -35,7 +35,7 @@ LONG = Recipe(max_epochs=15, patience=15, refine=False)
 
 
 def _cnf(members: int, recipe: Recipe = SHORT) -> CNFUpsampler:
-    return CNFUpsampler(SUN, R_MAX, architecture=Architecture(steps=2), recipe=recipe,
+    return CNFUpsampler(SUN, R_MAX, architecture=CNFArchitecture(steps=2), recipe=recipe,
                         ensemble_size=members, max_train_particles=400)
 
 

@@ -85,7 +85,7 @@ class JitterUpsampler(TruthUpsampler):
         return parents + rng.normal(0, [0.001] * 3 + [0.1] * 3, parents.shape)
 
     def log_prob(self, phase_space: np.ndarray) -> np.ndarray:
-        raise TypeError("no density")
+        raise NotImplementedError("no density")
 
     def save_weights(self, directory: Path) -> None:
         np.save(directory / "particles.npy", self.particles)

@@ -12,11 +12,11 @@ import torch
 from gflow_dist import upsamplers
 from gflow_dist.config import load_config
 from gflow_dist.errors import GflowError
+from gflow_dist.flows.cnf_upsampler import CNFUpsampler
 from gflow_dist.flows.flow_matching import flow_matching_loss
 from gflow_dist.flows.maf import MAFUpsampler
-from gflow_dist.flows.member import Architecture, FlowObjective, train_member
+from gflow_dist.flows.member import CNFArchitecture, FlowObjective, train_member
 from gflow_dist.flows.training import Recipe, train, validation_split
-from gflow_dist.flows.upsampler import CNFUpsampler
 from tests.conftest import R_MAX, SUN
 
 MEAN = np.array([1.0, -0.5, 0.3])
@@ -44,7 +44,7 @@ def test_flow_matching_learns_a_known_density_read_by_the_exact_trace(tmp_path):
     held_out = _gaussian_rows(2000, seed=1)
     fit_rows, val_rows = validation_split(len(data), 0.2, seed=0)
     torch.manual_seed(0)
-    flow = Architecture().build(0)
+    flow = CNFArchitecture().build(0)
     untrained = _kl(flow, held_out)
     history = train(flow, flow_matching_loss, data[fit_rows], None, data[val_rows], None,
                     Recipe(max_epochs=100, patience=100), seed=2,
@@ -63,7 +63,7 @@ def test_flow_matching_noise_is_seeded_so_a_resumed_training_is_exact(tmp_path):
 
     def fresh():
         torch.manual_seed(0)
-        return Architecture(steps=4).build(0)
+        return CNFArchitecture(steps=4).build(0)
 
     calls = {"n": 0}
 
@@ -93,7 +93,7 @@ def test_member_fine_tunes_by_likelihood_after_flow_matching(tmp_path):
     rng = np.random.default_rng(1)
     rows = rng.normal(size=(300, 3))
     directory = train_member(
-        rows, rows[::-1].copy(), Architecture(steps=2), Recipe(max_epochs=3, refine=True),
+        rows, rows[::-1].copy(), CNFArchitecture(steps=2), Recipe(max_epochs=3, refine=True),
         0.2, seed=3, directory=tmp_path / "member",
         objective=FlowObjective("flow_matching", likelihood_finetune_epochs=2))
     history = json.loads((directory / "history.json").read_text())

@@ -41,9 +41,7 @@ class ClassifierSettings:
     @classmethod
     def from_config(cls, evaluate: EvaluateConfig) -> ClassifierSettings:
         return cls(tuple(evaluate.hidden_units), evaluate.validation_fraction,
-                   Recipe(evaluate.learning_rate, evaluate.refine_learning_rate,
-                          evaluate.batches_per_epoch, evaluate.max_epochs, evaluate.patience,
-                          evaluate.refine))
+                   evaluate.to_recipe())
 
 
 def build_network(n_classes: int, hidden_units: Sequence[int], n_features: int = 6) -> nn.Module:

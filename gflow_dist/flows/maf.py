@@ -20,7 +20,6 @@ from torch import Tensor, nn
 from gflow_dist.config import RunConfig
 from gflow_dist.errors import GflowError
 from gflow_dist.flows.ensemble import FlowEnsemble
-from gflow_dist.flows.training import Recipe
 
 INSTALL_HINT = "install the optional extra: pip install 'gflow-dist[flows]'"
 
@@ -87,7 +86,6 @@ class MAFUpsampler(FlowEnsemble):
         return cls(
             config.galaxy.sun_position_kpc, config.galaxy.r_max_kpc,
             MAFArchitecture(maf.transforms, maf.hidden_layers, maf.hidden_units),
-            Recipe(maf.learning_rate, maf.refine_learning_rate, maf.batches_per_epoch,
-                   maf.max_epochs, maf.patience, maf.refine),
+            maf.to_recipe(),
             maf.ensemble_size, maf.validation_fraction, maf.max_train_particles,
         )

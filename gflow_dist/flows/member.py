@@ -1,6 +1,6 @@
 """One ensemble member: the pair of flows p(r) and p(v|r), trained one after the other.
 
-A member is the same for every kind of flow: an architecture (:class:`Architecture` for
+A member is the same for every kind of flow: an architecture (:class:`CNFArchitecture` for
 the CNF, :class:`gflow_dist.flows.maf.MAFArchitecture` for the MAF) builds both flows,
 and each flow offers ``log_prob(y, context)`` and ``transform(z, context)`` (base draws
 z ~ N(0, I) to data).
@@ -45,7 +45,7 @@ class FlowArchitecture(Protocol):
 
 
 @dataclass(frozen=True)
-class Architecture:
+class CNFArchitecture:
     """The CNF architecture of paper §3.2: an MLP of 4 × 32 GELU units, 20 RK4 steps."""
 
     hidden_layers: int = 4

@@ -15,8 +15,8 @@ def _registry() -> dict[str, type[Upsampler]]:
     from gflow_dist.baselines.ananke import AnankeUpsampler
     from gflow_dist.baselines.enbid import EnbidUpsampler
     from gflow_dist.baselines.kde_mle import KdeMleUpsampler
+    from gflow_dist.flows.cnf_upsampler import CNFUpsampler
     from gflow_dist.flows.maf import MAFUpsampler
-    from gflow_dist.flows.upsampler import CNFUpsampler
 
     kinds = (CNFUpsampler, MAFUpsampler, EnbidUpsampler, AnankeUpsampler, KdeMleUpsampler)
     return {cls.kind: cls for cls in kinds}

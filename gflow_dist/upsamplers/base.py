@@ -88,9 +88,11 @@ class Upsampler(ABC):
         """ln density [kpc⁻³ (km/s)⁻³] of the stars it draws, at (n, 6) rows.
 
         −inf where it never draws a star: at least outside the window's sphere, and for
-        compact kernels also in the gaps between them.
+        compact kernels also in the gaps between them. Only upsamplers whose
+        :attr:`has_density` is True have one; callers check it first.
         """
-        raise TypeError(f"upsampler {self.kind!r} has no density")
+        raise NotImplementedError(f"upsampler {self.kind!r} has no density (has_density is "
+                                  "False)")
 
     def fit_summary(self) -> str | None:
         """One line on what fitting found (fitted bandwidths, scores), or None."""

@@ -10,10 +10,11 @@ References:
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from gflow_dist.config import RunConfig
 from gflow_dist.flows.ensemble import FlowEnsemble
-from gflow_dist.flows.member import Architecture, FlowObjective
-from gflow_dist.flows.training import Recipe
+from gflow_dist.flows.member import CNFArchitecture, FlowObjective
 
 
 class CNFUpsampler(FlowEnsemble):
@@ -21,16 +22,15 @@ class CNFUpsampler(FlowEnsemble):
 
     kind = "cnf"
     config_sections = ("cnf",)
-    architecture_type = Architecture
+    architecture_type = CNFArchitecture
 
     @classmethod
     def from_config(cls, config: RunConfig) -> CNFUpsampler:
         cnf = config.cnf
         return cls(
             config.galaxy.sun_position_kpc, config.galaxy.r_max_kpc,
-            Architecture(cnf.hidden_layers, cnf.hidden_units, cnf.solver_steps, cnf.stage_times),
-            Recipe(cnf.learning_rate, cnf.refine_learning_rate, cnf.batches_per_epoch,
-                   cnf.max_epochs, cnf.patience, cnf.refine, cnf.compile),
+            CNFArchitecture(cnf.hidden_layers, cnf.hidden_units, cnf.solver_steps, cnf.stage_times),
+            replace(cnf.to_recipe(), compile=cnf.compile),
             cnf.ensemble_size, cnf.validation_fraction, cnf.max_train_particles,
             FlowObjective(cnf.objective, cnf.likelihood_finetune_epochs),
         )
