@@ -31,12 +31,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gflow_dist.catalog.observables import (  # noqa: E402
-    SolarFrame,
-    observables,
-    observables_astropy,
-)
+from gflow_dist.catalog.observables import observables, observables_astropy  # noqa: E402
 from gflow_dist.data.mock import MockGalaxy  # noqa: E402
+from gflow_dist.frame import SolarFrame  # noqa: E402
 
 
 def _median_seconds(function, repeats: int) -> float:

@@ -26,15 +26,18 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     StrictBool,
     StrictInt,
     ValidationError,
     field_validator,
     model_validator,
 )
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from gflow_dist.data.validation import DEFAULT_MAX_SPEED_KMS
 from gflow_dist.errors import ConfigError
+from gflow_dist.frame import FrameError, SolarFrame
 
 if TYPE_CHECKING:
     from gflow_dist.flows.training import Recipe
@@ -63,19 +66,6 @@ The flows (``cnf``, ``maf``) and ``kde_mle`` hold out a share of the train parti
 that is 10 held-out particles, the least that spans the 6-D phase space (7 points) with
 some margin. Fewer give degenerate densities rather than an error.
 """
-
-
-def sun_frame_problem(sun_position_kpc: tuple[float, float, float]) -> str | None:
-    """Why a Sun position [kpc] does not fit the package frame, or None when it does.
-
-    The frame puts the Sun on the −x axis (astropy's Galactocentric convention): y = 0 and
-    x < 0; :class:`~gflow_dist.catalog.observables.SolarFrame` relies on it.
-    """
-    x, y, _ = sun_position_kpc
-    if y != 0.0 or not x < 0.0:
-        return ("must be (x, 0, z) with x < 0: the frame puts the Sun on the -x axis; "
-                "rotate the particles about z so that the Sun lies at y = 0, x < 0")
-    return None
 
 
 def sky_window_problem(ra_deg: float, dec_deg: float, radius_deg: float) -> str | None:
@@ -121,14 +111,23 @@ class GalaxyConfig(_Frozen):
         "five times the Milky Way's escape speed near the Sun"
     )
     mock: MockConfig = MockConfig()
+    _frame: SolarFrame = PrivateAttr()
 
-    @field_validator("sun_position_kpc")
-    @classmethod
-    def _sun_on_minus_x(cls, value: tuple[float, float, float]) -> tuple[float, float, float]:
-        problem = sun_frame_problem(value)
-        if problem:
-            raise ValueError(problem)
-        return value
+    @model_validator(mode="after")
+    def _build_frame(self) -> GalaxyConfig:
+        """Build the Solar frame once; a Sun it refuses is an error at its key."""
+        try:
+            self._frame = SolarFrame(self.sun_position_kpc, self.sun_velocity_kms)
+        except FrameError as err:
+            raise ValidationError.from_exception_data(type(self).__name__, [InitErrorDetails(
+                type=PydanticCustomError("solar_frame", err.problem), loc=(err.key,),
+                input=err.value)]) from None
+        return self
+
+    @property
+    def frame(self) -> SolarFrame:
+        """The Solar frame of ``sun_position_kpc`` [kpc] and ``sun_velocity_kms`` [km/s]."""
+        return self._frame
 
 
 class SplitConfig(_Frozen):

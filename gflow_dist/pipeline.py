@@ -43,7 +43,6 @@ from pathlib import Path
 from gflow_dist import upsamplers
 from gflow_dist.catalog.build import CatalogRunner, write_catalog
 from gflow_dist.catalog.local import LocalCatalogRunner
-from gflow_dist.catalog.observables import SolarFrame
 from gflow_dist.catalog.plots import SkyWindow, make_figures
 from gflow_dist.config import RunConfig
 from gflow_dist.data.ingest import (
@@ -211,14 +210,14 @@ def run_catalog(config: RunConfig, out: Path, runners: Runners,
     (``runners.catalog``). Then the figures are drawn from it.
     """
     run_train(config, out, runners, ingested)
-    frame = SolarFrame.from_config(config)
+    frame = config.galaxy.frame
     train, _ = read_ingested(out)
     n = sample_count(config, len(train))
     ra, dec, radius = config.catalog.figure_window_deg
     for name in config.upsamplers:
         folder, model_dir = catalog_dir(out, name), out / "models" / name
-        metadata = (run_metadata(config) | frame.to_metadata()
-                    | {"upsampler": name, "model_sha256": model_hash(model_dir)})
+        metadata = run_metadata(config) | {"upsampler": name,
+                                           "model_sha256": model_hash(model_dir)}
         manifest = write_catalog(model_dir, n, config.seed, folder, config, metadata,
                                  runners.catalog(config))
         logger.info("%s: HATS catalog of %s stars from %d shards in %d HEALPix partitions "

@@ -23,15 +23,13 @@ def versions() -> dict[str, str]:
 
 
 def run_metadata(config: RunConfig) -> dict[str, str]:
-    """Flat string metadata for Parquet/Zarr/JSON outputs: config, hash, seed, frame, versions."""
-    galaxy = config.galaxy
+    """Flat string metadata for Parquet/Zarr/JSON outputs: config, hash, seed, versions
+    and every parameter of the Solar frame (``config.galaxy.frame.to_metadata()``: the
+    Sun's position [kpc] and velocity [km/s] as JSON lists, paper §2.1)."""
     return {
         "config": json.dumps(config.to_dict(), sort_keys=True),
         "config_sha256": config.hash(),
         "seed": str(config.seed),
-        "sun_position_kpc": json.dumps(list(galaxy.sun_position_kpc)),
-        "sun_velocity_kms": json.dumps(list(galaxy.sun_velocity_kms)),
-        "r_max_kpc": str(galaxy.r_max_kpc),
-        "frame": "Galactocentric Cartesian; disk in xy, Sun on -x, disk motion +y",
+        "r_max_kpc": str(config.galaxy.r_max_kpc),
         "versions": json.dumps(versions(), sort_keys=True),
-    }
+    } | config.galaxy.frame.to_metadata()

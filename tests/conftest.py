@@ -77,11 +77,10 @@ def drawn_catalog_rows(model_dir, n, seed, config):
     import pyarrow as pa
 
     from gflow_dist import upsamplers
-    from gflow_dist.catalog.observables import SolarFrame
     from gflow_dist.catalog.schema import catalog_table
     from gflow_dist.sample.shards import ShardPlan
 
-    model, frame, tables = upsamplers.load(model_dir), SolarFrame.from_config(config), []
+    model, frame, tables = upsamplers.load(model_dir), config.galaxy.frame, []
     for shard in ShardPlan(n, config.sample.shard_size, seed):
         first = shard.first_star_id
         for stars in model.iter_samples(shard.count, shard.seed, config.sample.batch_size):

@@ -449,6 +449,28 @@ def test_bad_input_is_refused_up_front(case, data, tmp_path, capsys, monkeypatch
     assert _snapshot(data) == data_before, "a refused command changed its inputs"
 
 
+BAD_SUNS = {
+    "y_not_zero": ("[-8, 1, 0]", "-x axis"),
+    "x_positive": ("[8, 0, 0]", "x < 0"),
+    "nan": ("[-8, .nan, 0]", "finite"),
+    "two_values": ("[-8, 0]", "3 values"),
+}
+
+
+@pytest.mark.parametrize("command", ["ingest", "run"])
+@pytest.mark.parametrize("sun, fragment", BAD_SUNS.values(), ids=BAD_SUNS)
+def test_a_sun_the_frame_cannot_hold_stops_ingest_and_run_before_any_output(
+        command, sun, fragment, tmp_path, capsys, no_ray):
+    """Issue 16: such a Sun must not pass the config and fail only after training."""
+    out = tmp_path / "out"
+    status = main([command, "--out", str(out), "--set", f"galaxy.sun_position_kpc={sun}"])
+    error = capsys.readouterr().err
+    assert status == EXIT_INPUT, error
+    assert "galaxy.sun_position_kpc" in error and fragment in error
+    assert "Traceback" not in error
+    assert not out.exists()
+
+
 ADDRESS_CASES = {
     "address_flag": (["--address", "127.0.0.1:9"], {}),
     "ray_address_env": ([], {"RAY_ADDRESS": "127.0.0.1:9"}),

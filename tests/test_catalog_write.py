@@ -35,6 +35,7 @@ from gflow_dist.catalog.zarr_writer import read_zarr_pixel, write_zarr_catalog
 from gflow_dist.config import RunConfig
 from gflow_dist.errors import InputError
 from gflow_dist.outputs import read_manifest
+from gflow_dist.provenance import run_metadata
 from tests.conftest import R_MAX, SUN, drawn_catalog_rows
 
 ROOT = Path("/tmp/test-catalog-write")
@@ -312,3 +313,15 @@ def test_zarr_rerun_is_a_no_op(written, zarr_store):
     assert write_zarr_catalog(written, zarr_store, chunk_rows=128) == manifest
     assert (zarr_store / "zarr.json").stat().st_mtime_ns == mtime
     assert manifest["rows"] == N_STARS and manifest["padded_rows"] >= N_STARS
+
+
+def test_a_catalog_records_the_frame_of_its_config(enbid_model_dir, tmp_path):
+    """The observables, the manifest and the metadata all use ``config.galaxy.frame``."""
+    config = _config(partition_order=1)
+    frame = config.galaxy.frame.to_metadata()
+    write_catalog(enbid_model_dir, 500, SEED, tmp_path, config, run_metadata(config),
+                  LocalCatalogRunner())
+    assert read_manifest(tmp_path / "hats")["request"]["frame"] == frame
+    schema = pq.read_schema(tmp_path / "hats" / "dataset" / "_common_metadata")
+    recorded = json.loads(schema.metadata[b"gflow_dist"])
+    assert {key: recorded[key] for key in frame} == frame

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import pickle
 from pathlib import Path
 
 import pydantic
@@ -10,6 +12,8 @@ import yaml
 
 from gflow_dist.config import RunConfig, build_config, load_config, parse_override
 from gflow_dist.errors import ConfigError
+from gflow_dist.frame import SolarFrame
+from gflow_dist.provenance import run_metadata
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 CONFIG_FILES = sorted(CONFIG_DIR.glob("*.yaml"))
@@ -446,3 +450,39 @@ def test_every_training_section_shares_the_recipe_and_builds_its_own():
     evaluate = config.evaluate.to_recipe()
     assert (evaluate.learning_rate, evaluate.refine, evaluate.patience) == (2e-3, False, 100)
     assert config.evaluate.validation_fraction == 0.5  # the paper's half, its own default
+
+
+BAD_SUNS = {  # issue 16: a Sun the frame cannot hold must not pass the config
+    "y_not_zero": ([-8.0, 0.1, 0.02], "-x axis"),
+    "x_positive": ([8.0, 0.0, 0.02], "x < 0"),
+    "x_zero": ([0.0, 0.0, 1.0], "x < 0"),
+    "nan": ([-8.0, float("nan"), 0.0], "finite"),
+    "two_values": ([-8.0, 0.0], "3 values"),
+}
+
+
+@pytest.mark.parametrize("sun, fragment", BAD_SUNS.values(), ids=BAD_SUNS)
+def test_build_config_refuses_a_sun_the_frame_cannot_hold(sun, fragment):
+    with pytest.raises(ConfigError) as refused:
+        build_config({"galaxy": {"sun_position_kpc": sun}})
+    assert "'galaxy.sun_position_kpc" in str(refused.value)
+    assert fragment in str(refused.value)
+
+
+def test_the_config_builds_the_one_solar_frame():
+    config = build_config({"galaxy": {"sun_position_kpc": [-8.122, 0, 0.0208],
+                                      "sun_velocity_kms": [12.9, 245.6, 7.78]}})
+    frame = config.galaxy.frame
+    assert frame is config.galaxy.frame
+    assert frame == SolarFrame((-8.122, 0.0, 0.0208), (12.9, 245.6, 7.78))
+    assert pickle.loads(pickle.dumps(config)).galaxy.frame == frame  # as Ray ships it
+
+
+def test_run_metadata_records_the_frame_of_the_config():
+    config = build_config({"galaxy": {"sun_position_kpc": [-8.122, 0, 0.0208],
+                                      "sun_velocity_kms": [12.9, 245.6, 7.78]}})
+    metadata, frame = run_metadata(config), config.galaxy.frame.to_metadata()
+    assert {key: metadata[key] for key in frame} == frame
+    assert json.loads(metadata["sun_position_kpc"]) == [-8.122, 0.0, 0.0208]
+    assert json.loads(metadata["sun_velocity_kms"]) == [12.9, 245.6, 7.78]
+    assert float(metadata["galcen_distance_kpc"]) == config.galaxy.frame.galcen_distance_kpc

@@ -20,6 +20,7 @@ from gflow_dist.data.particles import MASS_COLUMN, PHASE_SPACE_COLUMNS, Particle
 from gflow_dist.data.readers import read_particles
 from gflow_dist.data.selection import select_sphere, split_train_test, summarize
 from gflow_dist.errors import InputError
+from gflow_dist.frame import SolarFrame
 
 COLUMNS = [*PHASE_SPACE_COLUMNS, MASS_COLUMN]
 KPC_CM, MSUN_G = 3.0856775814913673e21, 1.988409870698051e33
@@ -356,13 +357,14 @@ def test_tipsy_needs_pynbody_extra(tmp_path, monkeypatch, name, fmt):
 # --- selection --------------------------------------------------------------------------------
 
 SUN = (-8.0, 0.0, 0.0)
+FRAME = SolarFrame(SUN)
 
 
 def test_select_sphere_is_strict():
     ps = np.zeros((4, 6))
     ps[:, 0] = [-8.0 + 2.0, -8.0 - 1.999, -8.0, 0.0]  # on the boundary, inside, centre, far
     ps[:, 4] = [100.0, 200.0, 300.0, 400.0]
-    selected = select_sphere(ParticleSet(ps, np.arange(1.0, 5.0)), SUN, 2.0)
+    selected = select_sphere(ParticleSet(ps, np.arange(1.0, 5.0)), FRAME, 2.0)
     np.testing.assert_array_equal(selected.phase_space[:, 4], [200.0, 300.0])
     np.testing.assert_array_equal(selected.mass, [2.0, 3.0])
 
@@ -372,20 +374,20 @@ def test_empty_selection_names_source_sun_and_nearest():
     ps[:, 0] = [20.0, 30.0]
     match = r"run\.h5: no particle within r_max = 3 kpc of the Sun at \(-8, 0, 0\) kpc; the nearest"
     with pytest.raises(InputError, match=match + " particle is 28 kpc away"):
-        select_sphere(ParticleSet(ps), SUN, 3.0, source="run.h5")
+        select_sphere(ParticleSet(ps), FRAME, 3.0, source="run.h5")
 
 
 def test_summary_numbers():
     ps = np.zeros((3, 6))
     ps[:, 3:] = [[3.0, 4.0, 0.0], [0.0, 0.0, -12.0], [1.0, 0.0, 0.0]]
-    summary = summarize(ParticleSet(ps, np.array([1.0, 2.0, 3.5])), SUN, 3.5)
+    summary = summarize(ParticleSet(ps, np.array([1.0, 2.0, 3.5])), FRAME, 3.5)
     assert (summary.count, summary.max_speed_kms, summary.total_mass_msun) == (3, 12.0, 6.5)
     assert summary.sun_position_kpc == SUN and summary.r_max_kpc == 3.5
     assert str(summary) == (
         "3 star particles within 3.5 kpc of the Sun at (-8, 0, 0) kpc; max speed 12.0 km/s; "
         "total mass 6.5 Msun"
     )
-    assert summarize(ParticleSet(ps), SUN, 3.5).total_mass_msun is None
+    assert summarize(ParticleSet(ps), FRAME, 3.5).total_mass_msun is None
 
 
 def test_split_deterministic_and_lossless():

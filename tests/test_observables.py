@@ -22,15 +22,14 @@ from astropy.coordinates import ICRS, CartesianDifferential, CartesianRepresenta
 import gflow_dist.catalog.observables as obs
 from gflow_dist.catalog.observables import (
     COLUMN_UNITS,
-    GALCEN_ICRS_DEG,
     KMS_PER_KPC_MASYR,
     OBSERVABLE_COLUMNS,
-    SolarFrame,
     observables,
     observables_astropy,
 )
 from gflow_dist.config import build_config
 from gflow_dist.errors import GflowError
+from gflow_dist.frame import GALCEN_ICRS_DEG, SolarFrame
 
 FRAME = SolarFrame()
 ROUNDING_KPC = 1e-13
@@ -173,7 +172,7 @@ def test_bad_inputs_are_refused():
 def test_frame_from_config_and_metadata():
     config = build_config({"galaxy": {"sun_position_kpc": [-8.122, 0.0, 0.0208],
                                       "sun_velocity_kms": [12.9, 245.6, 7.78]}})
-    frame = SolarFrame.from_config(config)
+    frame = config.galaxy.frame
     assert frame.sun_position_kpc == (-8.122, 0.0, 0.0208)
     meta = frame.to_metadata()
     assert all(isinstance(value, str) for value in meta.values())

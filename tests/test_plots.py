@@ -12,7 +12,7 @@ from astropy_healpix import HEALPix
 from matplotlib.image import imread
 
 from gflow_dist.catalog.healpix import spatial_index
-from gflow_dist.catalog.observables import COLUMN_UNITS, SolarFrame, observables
+from gflow_dist.catalog.observables import COLUMN_UNITS, observables
 from gflow_dist.catalog.plots import (
     CORNER_COLUMNS,
     PAPER_WINDOW,
@@ -28,6 +28,7 @@ from gflow_dist.catalog.plots import (
 )
 from gflow_dist.data.mock import MockGalaxy
 from gflow_dist.errors import GflowError
+from gflow_dist.frame import SolarFrame
 
 N_STARS = 40_000
 PARTITION_ORDER = 1

@@ -31,7 +31,6 @@ from typing import Protocol
 import pyarrow as pa
 
 from gflow_dist.catalog.healpix import PartitionPlan, counting_order, plan_partitions
-from gflow_dist.catalog.observables import SolarFrame
 from gflow_dist.catalog.partitions import (
     PARTITIONING_KEYS,
     check_partition_rows,
@@ -103,7 +102,7 @@ def write_catalog(model_dir: Path, n: int, seed: int, out_dir: Path, config: Run
     name = metadata.get("upsampler") or json.loads((model_dir / SPEC_FILE).read_text())["kind"]
     request = {"model_sha256": model, "n": n, "seed": seed,
                "shard_size": config.sample.shard_size, "batch_size": config.sample.batch_size,
-               "catalog_name": name, "frame": SolarFrame.from_config(config).to_metadata(),
+               "catalog_name": name, "frame": config.galaxy.frame.to_metadata(),
                "partitioning": config.catalog.model_dump(mode="json", include=PARTITIONING_KEYS),
                "metadata_sha256": hashlib.sha256(
                    json.dumps(metadata, sort_keys=True).encode()).hexdigest()}

@@ -36,8 +36,9 @@ from astropy_healpix import HEALPix
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
-from gflow_dist.catalog.observables import COLUMN_UNITS, SolarFrame, observables
+from gflow_dist.catalog.observables import COLUMN_UNITS, observables
 from gflow_dist.errors import GflowError
+from gflow_dist.frame import SolarFrame
 
 Batch = pa.RecordBatch | pa.Table | pd.DataFrame
 Ranges = Mapping[str, tuple[float, float]]

@@ -14,8 +14,9 @@ import pyarrow as pa
 from hats.pixel_math.spatial_index import SPATIAL_INDEX_COLUMN
 
 from gflow_dist.catalog.healpix import spatial_index
-from gflow_dist.catalog.observables import COLUMN_UNITS, SolarFrame, observables
+from gflow_dist.catalog.observables import COLUMN_UNITS, observables
 from gflow_dist.errors import InputError
+from gflow_dist.frame import SolarFrame
 from gflow_dist.outputs import UNIT_KEY
 
 

@@ -25,9 +25,9 @@ import pyarrow.parquet as pq
 from hats.pixel_math.spatial_index import SPATIAL_INDEX_COLUMN
 
 from gflow_dist.catalog.healpix import PixelCounter, counting_order
-from gflow_dist.catalog.observables import SolarFrame
 from gflow_dist.catalog.schema import catalog_schema, catalog_table, table_records
 from gflow_dist.config import RunConfig
+from gflow_dist.frame import SolarFrame
 from gflow_dist.sample.shards import Shard, ShardPlan
 from gflow_dist.upsamplers import Upsampler
 
@@ -59,7 +59,7 @@ class ShardSpec:
     @classmethod
     def from_config(cls, plan: ShardPlan, folder: Path, model_sha256: str,
                     config: RunConfig) -> ShardSpec:
-        return cls(plan, folder, shard_key(model_sha256, config), SolarFrame.from_config(config),
+        return cls(plan, folder, shard_key(model_sha256, config), config.galaxy.frame,
                    config.sample.batch_size,
                    counting_order(config.catalog.partition_order, config.catalog.highest_order))
 
@@ -69,7 +69,7 @@ def shard_key(model_sha256: str, config: RunConfig) -> str:
     size, Solar frame and counting order."""
     order = counting_order(config.catalog.partition_order, config.catalog.highest_order)
     return hashlib.sha256(json.dumps([model_sha256, config.sample.batch_size,
-                                      SolarFrame.from_config(config).to_metadata(), order],
+                                      config.galaxy.frame.to_metadata(), order],
                                      sort_keys=True).encode()).hexdigest()
 
 

@@ -44,7 +44,7 @@ class Ingested:
 
 def mock_galaxy(config: RunConfig) -> MockGalaxy:
     """The built-in mock galaxy, normalised inside the configured selection sphere."""
-    return MockGalaxy(sun_position_kpc=tuple(config.galaxy.sun_position_kpc),
+    return MockGalaxy(sun_position_kpc=config.galaxy.frame.sun_position_kpc,
                       r_max_kpc=config.galaxy.r_max_kpc)
 
 
@@ -72,7 +72,8 @@ def ingest_key(config: RunConfig, source_sha256: str | None = None) -> dict[str,
         stat = path.stat()
         sha256 = source_sha256 or _file_sha256(str(path), stat.st_size, stat.st_mtime_ns)
         source = {"sha256": sha256, "format": galaxy.format}
-    return {"galaxy.source": source, "galaxy.sun_position_kpc": list(galaxy.sun_position_kpc),
+    return {"galaxy.source": source,
+            "galaxy.sun_position_kpc": list(galaxy.frame.sun_position_kpc),
             "galaxy.r_max_kpc": galaxy.r_max_kpc,
             "split.test_fraction": config.split.test_fraction, "seed": config.seed}
 
@@ -106,10 +107,10 @@ def ingest(config: RunConfig) -> Ingested:
     """
     galaxy = config.galaxy
     particles = load_particles(config)
-    selected = select_sphere(particles, galaxy.sun_position_kpc, galaxy.r_max_kpc)
+    selected = select_sphere(particles, galaxy.frame, galaxy.r_max_kpc)
     train, test = split_train_test(selected, config.seed, config.split.test_fraction)
     check_train_size(train, config)
-    return Ingested(train, test, summarize(selected, galaxy.sun_position_kpc, galaxy.r_max_kpc),
+    return Ingested(train, test, summarize(selected, galaxy.frame, galaxy.r_max_kpc),
                     ingest_key(config, particles.provenance.get("sha256")))
 
 

@@ -1,26 +1,27 @@
 """Select the star particles around the Sun and split them into training and test halves.
 
-Positions are Galactocentric kpc (Sun on the −x axis), velocities km/s, masses M☉.
+Positions are Galactocentric kpc (Sun on the −x axis, paper §2.1), velocities km/s,
+masses M☉. The Sun comes as the validated :class:`~gflow_dist.frame.SolarFrame`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from gflow_dist.data.particles import ParticleSet
 from gflow_dist.errors import InputError
+from gflow_dist.frame import SolarFrame
 
 
 def select_sphere(
     particles: ParticleSet,
-    sun_position_kpc: Sequence[float],
+    frame: SolarFrame,
     r_max_kpc: float,
     source: str = "",
 ) -> ParticleSet:
-    """The particles strictly within ``r_max_kpc`` [kpc] of ``sun_position_kpc`` (x, y, z [kpc]).
+    """The particles strictly within ``r_max_kpc`` [kpc] of the Sun of ``frame`` (x, y, z [kpc]).
 
     ``source`` names the particles in errors (default: their provenance ``source``).
 
@@ -31,7 +32,7 @@ def select_sphere(
     if not np.isfinite(r_max_kpc) or r_max_kpc <= 0:
         raise InputError(f"galaxy.r_max_kpc must be a positive, finite number of kpc, "
                          f"got {r_max_kpc}")
-    sun = _sun(sun_position_kpc)
+    sun = np.asarray(frame.sun_position_kpc)
     distance = np.linalg.norm(particles.positions - sun, axis=1)
     inside = distance < r_max_kpc
     if not inside.any():
@@ -81,19 +82,18 @@ class SelectionSummary:
 
 
 def summarize(
-    particles: ParticleSet, sun_position_kpc: Sequence[float], r_max_kpc: float
+    particles: ParticleSet, frame: SolarFrame, r_max_kpc: float
 ) -> SelectionSummary:
-    """Summarize ``particles``, a selection made with ``sun_position_kpc`` [kpc] and ``r_max_kpc``.
+    """Summarize ``particles``, a selection around the Sun of ``frame`` within ``r_max_kpc`` [kpc].
 
     The particles are not reselected: pass the output of :func:`select_sphere`.
     """
     speeds = np.linalg.norm(particles.velocities, axis=1)
-    sun = _sun(sun_position_kpc)
     return SelectionSummary(
         count=len(particles),
         max_speed_kms=float(speeds.max()) if len(particles) else float("nan"),
         total_mass_msun=None if particles.mass is None else float(particles.mass.sum()),
-        sun_position_kpc=(float(sun[0]), float(sun[1]), float(sun[2])),
+        sun_position_kpc=frame.sun_position_kpc,
         r_max_kpc=float(r_max_kpc),
     )
 
@@ -125,14 +125,6 @@ def split_train_test(
         )
     order = np.random.default_rng(seed).permutation(n)
     return particles.subset(np.sort(order[n_test:])), particles.subset(np.sort(order[:n_test]))
-
-
-def _sun(sun_position_kpc: Sequence[float]) -> np.ndarray:
-    sun = np.asarray(sun_position_kpc, dtype=np.float64)
-    if sun.shape != (3,) or not np.isfinite(sun).all():
-        raise InputError(f"galaxy.sun_position_kpc must be 3 finite numbers (kpc), "
-                         f"got {sun_position_kpc}")
-    return sun
 
 
 def _fmt(vector: np.ndarray) -> str:
