@@ -95,6 +95,15 @@ def _job(stage: str) -> Callable[[argparse.Namespace, RunConfig], None]:
     return run
 
 
+def _plan(args: argparse.Namespace, config: RunConfig) -> None:
+    import json
+
+    from gflow_dist.plan import plan_run, render_plan
+
+    plan = plan_run(config, args.train_particles, args.epochs)
+    print(json.dumps(plan.to_dict(), indent=2) if args.json else render_plan(plan, config))
+
+
 def _publish(args: argparse.Namespace, config: RunConfig) -> None:
     from gflow_dist import pipeline
     from gflow_dist.data.ingest import ingest
@@ -179,6 +188,16 @@ def build_parser() -> argparse.ArgumentParser:
     show = config_commands.add_parser("show", help="print the resolved config, defaults included")
     _config_arguments(show)
     show.set_defaults(handler=_show_config)
+    plan = commands.add_parser("plan", help="dry run: the shards, partitions, disk, spill "
+                               "and CPU/GPU hours the configured run will need")
+    _config_arguments(plan)
+    plan.add_argument("--train-particles", type=_positive_int, metavar="N",
+                      help="train particles (needed for a particle file: `gflow ingest` "
+                      "prints it); the mock galaxy's are known")
+    plan.add_argument("--epochs", type=_positive_int, default=600,
+                      help="assumed epochs per flow and training phase (default 600)")
+    plan.add_argument("--json", action="store_true", help="print the plan as JSON")
+    plan.set_defaults(handler=_plan)
 
     for stage, text in (
         ("ingest", "read, select and split the particles"),

@@ -78,13 +78,14 @@ def catalog(enbid_model_dir, tmp_path_factory) -> Path:
 def test_commands_that_need_no_cluster_never_import_ray(catalog, tmp_path):
     found = _loaded_after([
         ["config", "show"],
+        ["plan", "--set", "sample.total=10000000000"],
         ["ingest", "--out", str(tmp_path / "run"), "--set", "galaxy.mock.n_particles=600"],
         ["query", str(catalog), "counts", "--order", "1"],
         ["query", str(catalog), "cone", "--ra", "167", "--dec", "-4", "--radius", "20"],
         ["plot", str(catalog), "--out", str(tmp_path / "figures"), "--order", "2"],
         ["versions", str(tmp_path / "releases")],
     ], cwd=tmp_path)
-    assert found["statuses"] == [0] * 6
+    assert found["statuses"] == [0] * 7
     assert "ray" not in found["loaded"] and not found["ray_started"]
     assert (tmp_path / "run" / "particles").is_dir() and any((tmp_path / "figures").iterdir())
 
