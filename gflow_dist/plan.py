@@ -171,15 +171,15 @@ def _either(cpu_hours: float | None, gpu_hours: float | None, cpu: str, gpu: str
 
 def render_plan(plan: Plan, config: RunConfig) -> str:
     """The plan as the lines ``gflow plan`` prints."""
-    per_model = "per upsampler" if len(config.upsamplers) > 1 else ""
+    per_model = " per upsampler" if len(config.upsamplers) > 1 else ""
     lines = [
         f"stars: {plan.stars:,} per upsampler ({', '.join(config.upsamplers)}), from "
         f"{plan.train_particles:,} train particles",
         f"shards: {plan.shards:,} of {config.sample.shard_size:,} stars; HEALPix partitions: "
         f"~{plan.partitions:,}",
-        f"disk {per_model}: shard staging {_size(plan.shard_staging_bytes)} (removed once "
+        f"disk{per_model}: shard staging {_size(plan.shard_staging_bytes)} (removed once "
         f"published), HATS {_size(plan.hats_bytes)}, Zarr {_size(plan.zarr_bytes)}",
-        f"object-store spill {per_model}: {_size(plan.shuffle_spill_bytes)} through the "
+        f"object-store spill{per_model}: {_size(plan.shuffle_spill_bytes)} through the "
         "partition shuffle",
         "",
         "request:",
