@@ -242,6 +242,14 @@ class CatalogConfig(_Frozen):
         True, description="also write a Zarr v3 store (xarray) next to the HATS Parquet "
         "catalog (lsdb, Dask), which is always written: the store is built from it"
     )
+    zarr_max_stars: StrictInt = Field(
+        100_000_000, gt=0, description="catalogs with more stars skip the Zarr store, which "
+        "one process copies from the HATS catalog: raise it to build larger ones anyway"
+    )
+    figure_stars: StrictInt = Field(
+        1_000_000, gt=0, description="the figures are drawn from the first shards' stars, "
+        "up to this many (a uniform random subset of the catalog, stored with it)"
+    )
     partition_order: StrictInt | None = Field(
         None, ge=0, le=19, description="fixed HEALPix order of the partitions; null splits "
         "dense pixels adaptively up to highest_order"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from hats.pixel_math.healpix_shim import radec2pix
 from zarr.storage import LocalStore, WrapperStore
 
 from gflow_dist.catalog import healpix
-from gflow_dist.catalog.build import write_catalog
+from gflow_dist.catalog.build import FIGURE_STARS_FILE, write_catalog
 from gflow_dist.catalog.healpix import (
     PixelCounter,
     adaptive_plan,
@@ -325,3 +326,41 @@ def test_a_catalog_records_the_frame_of_its_config(enbid_model_dir, tmp_path):
     schema = pq.read_schema(tmp_path / "hats" / "dataset" / "_common_metadata")
     recorded = json.loads(schema.metadata[b"gflow_dist"])
     assert {key: recorded[key] for key in frame} == frame
+
+
+def test_sky_maps_hold_every_star_and_hats_reads_them(written, full_table):
+    """The maps come from the shards' pixel counts; hats and lsdb's reader agree."""
+    from hats.io.skymap import read_skymap
+
+    catalog = hats.read_hats(written)
+    info = catalog.catalog_info
+    assert info.skymap_order == 7 and list(info.skymap_alt_orders) == [2, 4, 6]
+    healpix_29 = full_table["_healpix_29"].to_numpy()
+    for order in (0, 2, 3, 7):
+        expected = np.bincount(pixel_at_order(healpix_29, order), minlength=12 * 4**order)
+        np.testing.assert_array_equal(read_skymap(catalog, order), expected)
+    assert (written / "point_map.fits").exists() and (written / "skymap.4.fits").exists()
+
+
+def test_the_figure_stars_are_the_first_shards_stars(enbid_model_dir, full_table, tmp_path):
+    config = _config(partition_order=2, figure_stars=10_000)
+    write_catalog(enbid_model_dir, N_STARS, SEED, tmp_path, config, METADATA,
+                  LocalCatalogRunner())
+    stars = pq.read_table(tmp_path / "hats" / FIGURE_STARS_FILE)
+    np.testing.assert_array_equal(stars["star_id"].to_numpy(), np.arange(10_000))
+    assert stars.equals(full_table.slice(0, 10_000).cast(stars.schema))
+    assert is_valid_catalog(tmp_path / "hats", strict=True, fail_fast=True, verbose=False)
+    assert read_manifest(tmp_path / "hats")["request"]["figure_stars"] == 10_000
+
+
+def test_a_catalog_above_the_zarr_cap_skips_the_store_and_says_so(enbid_model_dir, tmp_path,
+                                                                  caplog):
+    capped = _config(partition_order=2, zarr=True, zarr_max_stars=N_STARS - 1)
+    with caplog.at_level(logging.WARNING, logger="gflow_dist.catalog.build"):
+        write_catalog(enbid_model_dir, N_STARS, SEED, tmp_path, capped, METADATA,
+                      LocalCatalogRunner())
+    assert not (tmp_path / "stars.zarr").exists() and (tmp_path / "hats").is_dir()
+    assert "catalog.zarr_max_stars=23,999" in caplog.text
+    write_catalog(enbid_model_dir, N_STARS, SEED, tmp_path,
+                  _config(partition_order=2, zarr=True), METADATA, LocalCatalogRunner())
+    assert (tmp_path / "stars.zarr").is_dir()

@@ -11,7 +11,8 @@ from astropy.coordinates import SkyCoord
 from astropy_healpix import HEALPix
 from matplotlib.image import imread
 
-from gflow_dist.catalog.healpix import spatial_index
+from gflow_dist.catalog.build import FIGURE_STARS_FILE
+from gflow_dist.catalog.healpix import pixel_at_order, spatial_index
 from gflow_dist.catalog.observables import COLUMN_UNITS, observables
 from gflow_dist.catalog.plots import (
     CORNER_COLUMNS,
@@ -20,18 +21,20 @@ from gflow_dist.catalog.plots import (
     SkyWindow,
     corner_histograms,
     fill_histograms,
-    iter_catalog_columns,
+    iter_parquet_columns,
     make_figures,
-    sky_counts,
     window_particles,
     window_ranges,
 )
+from gflow_dist.catalog.shards import MergedCounts
+from gflow_dist.catalog.skymaps import read_star_counts, write_skymaps
 from gflow_dist.data.mock import MockGalaxy
 from gflow_dist.errors import GflowError
 from gflow_dist.frame import SolarFrame
 
 N_STARS = 40_000
 PARTITION_ORDER = 1
+SKYMAP_ORDER = 6
 DISK_WINDOW = SkyWindow(ra_deg=130.0, dec_deg=-45.0, radius_deg=25.0)
 """A window on the Galactic disk (l ≈ 265°, b ≈ −3°), where the mock has many stars."""
 
@@ -51,6 +54,10 @@ def catalog(tmp_path_factory):
         path.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(table.filter(pa.array(pixels == pixel)), path, row_group_size=1000)
     pq.write_metadata(table.schema, hats_dir / "dataset" / "_common_metadata")
+    pq.write_table(table, hats_dir / FIGURE_STARS_FILE)
+    pixels, counts = np.unique(pixel_at_order(columns["_healpix_29"], SKYMAP_ORDER),
+                               return_counts=True)
+    write_skymaps(hats_dir, MergedCounts(SKYMAP_ORDER, pixels, counts))
     return hats_dir, columns
 
 
@@ -74,11 +81,11 @@ def test_streamed_histograms_equal_direct_numpy_histograms(catalog):
     hats_dir, columns = catalog
     needed = sorted({"pmra", "pmdec", "vx", "vy", *CORNER_COLUMNS})
     read = ["star_id", "ra", "dec", *needed]
-    ranges = window_ranges(iter_catalog_columns(hats_dir, read), needed, DISK_WINDOW)
+    ranges = window_ranges(iter_parquet_columns(hats_dir / "dataset", read), needed, DISK_WINDOW)
     pm = Histogram.empty(("pmra", "pmdec"), ranges, 50)
     velocity = Histogram.empty(("vx", "vy"), ranges, 40)
     corner = corner_histograms(CORNER_COLUMNS, ranges, 30)
-    batches = list(iter_catalog_columns(hats_dir, ["ra", "dec", *needed],
+    batches = list(iter_parquet_columns(hats_dir / "dataset", ["ra", "dec", *needed],
                                         DISK_WINDOW.arrow_filter()))
     assert len(batches) > 5  # several partitions and row groups: the streaming is exercised
     fill_histograms(batches, [pm, velocity, *corner.values()], DISK_WINDOW)
@@ -103,8 +110,8 @@ def test_pandas_frames_give_the_same_counts(catalog):
     from_arrow = Histogram.empty(("pmra", "pmdec"), ranges, 32)
     from_pandas = Histogram.empty(("pmra", "pmdec"), ranges, 32)
     read = ["ra", "dec", "pmra", "pmdec"]
-    fill_histograms(iter_catalog_columns(hats_dir, read), [from_arrow], DISK_WINDOW)
-    frames = (batch.to_pandas() for batch in iter_catalog_columns(hats_dir, read))
+    fill_histograms(iter_parquet_columns(hats_dir / "dataset", read), [from_arrow], DISK_WINDOW)
+    frames = (batch.to_pandas() for batch in iter_parquet_columns(hats_dir / "dataset", read))
     fill_histograms(frames, [from_pandas], DISK_WINDOW)
     np.testing.assert_array_equal(from_arrow.counts, from_pandas.counts)
     assert from_arrow.counts.sum() > 100
@@ -113,7 +120,7 @@ def test_pandas_frames_give_the_same_counts(catalog):
 def test_ranges_do_not_depend_on_batch_order_or_splitting(catalog):
     hats_dir, columns = catalog
     read = ["star_id", "ra", "dec", "pmra", "radial_velocity"]
-    batches = list(iter_catalog_columns(hats_dir, read))
+    batches = list(iter_parquet_columns(hats_dir / "dataset", read))
     kwargs = dict(columns=["pmra", "radial_velocity"], window=DISK_WINDOW, sample_size=300)
     forward = window_ranges(batches, **kwargs)
     backward = window_ranges(batches[::-1], **kwargs)
@@ -125,12 +132,14 @@ def test_ranges_do_not_depend_on_batch_order_or_splitting(catalog):
     assert full["pmra"] == pytest.approx((low - 0.02 * (high - low), high + 0.02 * (high - low)))
 
 
-def test_sky_counts_match_bincount_and_astropy_healpix(catalog):
+@pytest.mark.parametrize("order", [0, 3, 5, SKYMAP_ORDER])
+def test_sky_map_counts_match_astropy_healpix(catalog, order):
+    """Read from the written maps (an alt order or the full one, summed down)."""
     hats_dir, columns = catalog
-    counts = sky_counts(iter_catalog_columns(hats_dir, ["_healpix_29"]), order=3)
-    assert counts.sum() == N_STARS and len(counts) == 12 * 4**3
-    pixels = HEALPix(nside=8, order="nested").lonlat_to_healpix(columns["ra"] * u.deg,
-                                                                columns["dec"] * u.deg)
+    counts = read_star_counts(hats_dir, order)
+    assert counts.sum() == N_STARS and len(counts) == 12 * 4**order
+    pixels = HEALPix(nside=2**order, order="nested").lonlat_to_healpix(
+        columns["ra"] * u.deg, columns["dec"] * u.deg)
     np.testing.assert_array_equal(counts, np.bincount(pixels, minlength=len(counts)))
 
 
@@ -156,12 +165,16 @@ def test_window_particles_are_the_particles_seen_in_the_window():
 
 def test_bad_inputs_name_the_problem(catalog, tmp_path):
     hats_dir, _ = catalog
-    with pytest.raises(GflowError, match="HATS catalog"):
-        list(iter_catalog_columns(tmp_path, ["ra"]))
+    with pytest.raises(GflowError, match="does not exist"):
+        list(iter_parquet_columns(tmp_path / "missing", ["ra"]))
     with pytest.raises(GflowError, match="lacks columns"):
-        list(iter_catalog_columns(hats_dir, ["parallax_error"]))
+        list(iter_parquet_columns(hats_dir / "dataset", ["parallax_error"]))
     with pytest.raises(GflowError, match="no catalog star"):
-        window_ranges(iter_catalog_columns(hats_dir, ["star_id", "ra", "dec", "pmra"]),
+        window_ranges(iter_parquet_columns(hats_dir / "dataset", ["star_id", "ra", "dec", "pmra"]),
                       ["pmra"], SkyWindow(0.0, 0.0, 1e-6))
-    with pytest.raises(GflowError, match="order"):
-        sky_counts([], order=30)
+    with pytest.raises(GflowError, match=f"go down to order {SKYMAP_ORDER}"):
+        read_star_counts(hats_dir, SKYMAP_ORDER + 1)
+    with pytest.raises(GflowError, match="no skymap.fits"):
+        read_star_counts(tmp_path, 3)
+    with pytest.raises(GflowError, match=f"no {FIGURE_STARS_FILE}"):
+        make_figures(tmp_path, tmp_path / "figures")

@@ -11,10 +11,18 @@ another; ``gflow_dist.distributed.catalog_stages.RayCatalogRunner`` on a Ray clu
 2. **Partition.** The shards' merged pixel counts give the partition plan
    (:mod:`gflow_dist.catalog.healpix`); the runner writes every partition, sorted, from
    the shard files, and its row count is checked against the plan.
-3. **Publish.** The HATS metadata and the manifest are added, the folder is swapped into
-   place (:func:`gflow_dist.outputs.publish_folder`), the Zarr store is built from it and
-   the shard staging is removed. The manifest's request (model hash, n, seed, shard and
-   batch size, partitioning, frame, metadata) makes a rerun with the same inputs a no-op.
+3. **Publish.** The HATS metadata, the sky maps of the merged pixel counts
+   (:mod:`gflow_dist.catalog.skymaps`), the figure stars (:data:`FIGURE_STARS_FILE`, the
+   first shards' stars) and the manifest are added, the folder is swapped into place
+   (:func:`gflow_dist.outputs.publish_folder`), the Zarr store is built from it (up to
+   ``catalog.zarr_max_stars`` stars) and the shard staging is removed. The manifest's
+   request (model hash, n, seed, shard and batch size, partitioning, figure stars, frame,
+   metadata) makes a rerun with the same inputs a no-op.
+
+Nothing in this process grows with the number of stars: it merges per-pixel counts,
+writes per-partition metadata and copies at most ``catalog.figure_stars`` stars; the
+stars themselves are drawn and written by the runner's workers. Only the Zarr copy reads
+every star here, hence its cap.
 
 Both runners write the same bytes for the same model, plan and config.
 """
@@ -23,12 +31,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 import time
 from pathlib import Path
 from typing import Protocol
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from gflow_dist.catalog.healpix import PartitionPlan, counting_order, plan_partitions
 from gflow_dist.catalog.partitions import (
@@ -38,6 +48,7 @@ from gflow_dist.catalog.partitions import (
     write_hats_metadata,
 )
 from gflow_dist.catalog.shards import ShardFiles, ShardSpec, merge_shard_counts
+from gflow_dist.catalog.skymaps import write_skymaps
 from gflow_dist.catalog.zarr_writer import write_zarr_catalog
 from gflow_dist.config import RunConfig
 from gflow_dist.outputs import publish_folder, read_manifest, staging_folder, write_manifest
@@ -46,6 +57,10 @@ from gflow_dist.upsamplers import model_hash
 from gflow_dist.upsamplers.base import SPEC_FILE
 
 SHARDS_DIR = ".shards"
+FIGURE_STARS_FILE = "figure_stars.parquet"
+"""In the HATS folder: a uniform random subset of the stars (``catalog.figure_stars``)."""
+
+logger = logging.getLogger(__name__)
 
 
 class CatalogRunner(Protocol):
@@ -104,6 +119,7 @@ def write_catalog(model_dir: Path, n: int, seed: int, out_dir: Path, config: Run
                "shard_size": config.sample.shard_size, "batch_size": config.sample.batch_size,
                "catalog_name": name, "frame": config.galaxy.frame.to_metadata(),
                "partitioning": config.catalog.model_dump(mode="json", include=PARTITIONING_KEYS),
+               "figure_stars": config.catalog.figure_stars,
                "metadata_sha256": hashlib.sha256(
                    json.dumps(metadata, sort_keys=True).encode()).hexdigest()}
     hats, folder = out_dir / "hats", out_dir / SHARDS_DIR
@@ -113,10 +129,35 @@ def write_catalog(model_dir: Path, n: int, seed: int, out_dir: Path, config: Run
         stats = draw_shards(runner, model_dir, spec)
         manifest = _partition_and_publish(plan, stats, folder, hats, name, config, metadata,
                                           request, start, runner)
-    if config.catalog.zarr:
+    if config.catalog.zarr and n <= config.catalog.zarr_max_stars:
         write_zarr_catalog(hats, out_dir / "stars.zarr")
+    elif config.catalog.zarr:
+        logger.warning("%s: no Zarr store for %s stars, more than catalog.zarr_max_stars=%s: "
+                       "one process copies the store from the HATS catalog, so large ones "
+                       "are opt-in; raise catalog.zarr_max_stars to build it", name,
+                       f"{n:,}", f"{config.catalog.zarr_max_stars:,}")
     shutil.rmtree(folder, ignore_errors=True)
     return manifest
+
+
+def write_figure_stars(shard_files: list[Path], path: Path, limit: int,
+                       schema: pa.Schema) -> int:
+    """Copy the first shards' stars, up to ``limit``, into ``path``; returns their number.
+
+    Every shard is an independent draw from the same model, so the first shards' stars
+    are a uniform random subset of the catalog: the figures read them instead of every
+    star, at a cost that does not grow with the catalog.
+    """
+    written = 0
+    with pq.ParquetWriter(path, schema, compression="zstd") as writer:
+        for shard_file in shard_files:
+            for batch in pq.ParquetFile(shard_file).iter_batches(65_536):
+                table = pa.Table.from_batches([batch]).cast(schema).slice(0, limit - written)
+                writer.write_table(table)
+                written += table.num_rows
+                if written == limit:
+                    return written
+    return written
 
 
 def _worker_stats(stats: list[dict]) -> list[dict]:
@@ -165,7 +206,11 @@ def _partition_and_publish(plan: ShardPlan, stats: list[dict], folder: Path, hat
         rows = runner.write_partitions([f.parquet for f in files], partitions, schema,
                                        staging / "dataset")
         check_partition_rows(rows, partitions)
-        write_hats_metadata(staging, partitions, schema, name, config.catalog, metadata)
+        skymaps = write_skymaps(staging, counts)
+        write_hats_metadata(staging, partitions, schema, name, config.catalog, metadata,
+                            skymaps)
+        write_figure_stars([f.parquet for f in files], staging / FIGURE_STARS_FILE,
+                           config.catalog.figure_stars, schema)
         manifest["run"]["seconds"] = time.perf_counter() - start
         write_manifest(staging, manifest)
     except BaseException:

@@ -144,8 +144,9 @@ def adaptive_plan(counter: PixelCounter, max_rows: int) -> PartitionPlan:
 
 
 def counting_order(partition_order: int | None, highest_order: int) -> int:
-    """Order at which stars are counted: the fixed partition order, else ``highest_order``."""
-    return highest_order if partition_order is None else partition_order
+    """Order at which stars are counted: ``highest_order``, or the fixed partition order
+    when that is finer. The counts plan the partitions and become the sky maps."""
+    return max(highest_order, partition_order or 0)
 
 
 def plan_partitions(counter: PixelCounter, partition_order: int | None,
@@ -153,6 +154,8 @@ def plan_partitions(counter: PixelCounter, partition_order: int | None,
     """Partition plan from the counts: fixed order (``partition_order``) or adaptive."""
     if partition_order is None:
         return adaptive_plan(counter, max_rows)
-    if counter.order != partition_order:
-        raise ValueError(f"counts are at order {counter.order}, not {partition_order}")
-    return _plan_from_counts(partition_order, *counter.counts())
+    if counter.order < partition_order:
+        raise ValueError(f"counts are at order {counter.order}, coarser than {partition_order}")
+    pixels, counts = counter.counts()
+    coarse, first = np.unique(pixels >> 2 * (counter.order - partition_order), return_index=True)
+    return _plan_from_counts(partition_order, coarse, np.add.reduceat(counts, first))

@@ -107,10 +107,11 @@ def _size_kib(folder: Path) -> int:
 
 def write_hats_metadata(folder: Path, plan: PartitionPlan, schema: pa.Schema,
                         catalog_name: str, config: CatalogConfig,
-                        metadata: dict[str, str]) -> None:
+                        metadata: dict[str, str], skymaps: dict[str, str]) -> None:
     """Add ``_metadata``, ``_common_metadata``, ``partition_info.csv`` and the properties
     to the written partitions in ``folder``; ``metadata`` also goes to the properties as
-    ``gflow_<key>``."""
+    ``gflow_<key>``, and ``skymaps`` are the sky maps' properties
+    (:func:`gflow_dist.catalog.skymaps.write_skymaps`)."""
     dataset = folder / "dataset"
     footers = []
     for pixel in plan.pixels:
@@ -133,6 +134,6 @@ def write_hats_metadata(folder: Path, plan: PartitionPlan, schema: pa.Schema,
         gflow_partition_order=str(config.partition_order),
         gflow_highest_order=str(config.highest_order),
         gflow_max_rows_per_partition=str(config.max_rows_per_partition),
-        **provenance,
+        **skymaps, **provenance,
     ).to_properties_file(folder)
 

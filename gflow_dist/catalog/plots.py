@@ -6,11 +6,13 @@ Figures (paper §2.2 and §5.2): the proper-motion density (μ_α*, μ_δ) of th
 (v_x, v_y) map with optional parent particles as black dots (Figs. 1 and B1), and a
 Mollweide sky map of the stars per HEALPix pixel.
 
-Every figure is a fixed-bin histogram accumulated batch by batch (:class:`Histogram`,
-:func:`fill_histograms`, :func:`sky_counts`) from an iterable of pyarrow record batches,
-tables or pandas frames that carry only the columns needed — :func:`iter_catalog_columns`
-streams them from a HATS catalog's Parquet files with column projection. Integer counts
-add exactly, so the streamed histograms equal one histogram of all stars at once.
+The window's figures are fixed-bin histograms accumulated batch by batch (:class:`Histogram`,
+:func:`fill_histograms`) from an iterable of pyarrow record batches, tables or pandas
+frames that carry only the columns needed — :func:`iter_parquet_columns` streams them
+with column projection. Integer counts add exactly, so the streamed histograms equal one
+histogram of all stars at once. :func:`make_figures` fills them from a catalog's figure
+stars, a uniform random subset that the build keeps, and draws the sky map from the
+catalog's sky maps (:mod:`gflow_dist.catalog.skymaps`): it never reads every star.
 Bin ranges must be fixed before the pass that fills the bins: :func:`window_ranges` takes
 them in a cheap first pass from the (0.1 %, 99.9 %) quantiles of a deterministic
 subsample of the window's stars (those whose hashed ``star_id`` is smallest — the same
@@ -32,12 +34,15 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 from astropy_healpix import HEALPix
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
+from gflow_dist.catalog.build import FIGURE_STARS_FILE
 from gflow_dist.catalog.observables import COLUMN_UNITS, observables
-from gflow_dist.errors import GflowError
+from gflow_dist.catalog.skymaps import read_star_counts
+from gflow_dist.errors import GflowError, InputError
 from gflow_dist.frame import SolarFrame
 
 Batch = pa.RecordBatch | pa.Table | pd.DataFrame
@@ -51,8 +56,6 @@ SYMBOLS = {
     "pmra": r"$\mu_{\alpha*}$", "pmdec": r"$\mu_\delta$", "radial_velocity": "$v_r$",
     "vx": "$v_x$", "vy": "$v_y$", "l": "$l$", "b": "$b$",
 }
-HEALPIX_INDEX_ORDER = 29
-"""Order of the ``_healpix_29`` column (HATS spatial index)."""
 
 
 @dataclass(frozen=True)
@@ -86,24 +89,22 @@ PAPER_WINDOW = SkyWindow()
 """The paper's 15° window around (α, δ) = (167.47°, −4.2°), off the Galactic disk."""
 
 
-def iter_catalog_columns(hats_dir: Path, columns: Sequence[str],
+def iter_parquet_columns(source: Path, columns: Sequence[str],
                          filter: pc.Expression | None = None) -> Iterator[pa.RecordBatch]:
-    """Stream ``columns`` of a HATS catalog's ``dataset/**.parquet`` as record batches.
+    """Stream ``columns`` of a Parquet file, or of every Parquet file below a folder (a
+    HATS catalog's ``dataset/``), as record batches.
 
-    Only the named columns are read (each once). ``filter`` (a pyarrow expression on data columns)
-    skips row groups whose statistics exclude it. The hive partition fields (Norder,
-    Dir, Npix) are not read; ``_metadata`` and ``_common_metadata`` are ignored.
+    Only the named columns are read (each once). ``filter`` (a pyarrow expression on data
+    columns) skips row groups whose statistics exclude it.
     """
-    root = Path(hats_dir) / "dataset"
-    if not root.is_dir():
-        raise GflowError(f"{root} is not a directory: hats_dir must be a HATS catalog "
-                         "folder (the one holding hats.properties and dataset/)")
-    dataset = ds.dataset(root, format="parquet")
+    source = Path(source)
+    if not source.exists():
+        raise GflowError(f"{source} does not exist: pass a catalog's Parquet file or folder")
+    dataset = ds.dataset(source, format="parquet")
     columns = list(dict.fromkeys(columns))
     missing = [name for name in columns if name not in dataset.schema.names]
     if missing:
-        raise GflowError(f"catalog {hats_dir} lacks columns {missing}; it has "
-                         f"{dataset.schema.names}")
+        raise GflowError(f"{source} lacks columns {missing}; it has {dataset.schema.names}")
     yield from dataset.to_batches(columns=columns, filter=filter)
 
 
@@ -198,18 +199,6 @@ def fill_histograms(batches: Iterable[Batch], histograms: Sequence[Histogram],
         for hist in histograms:
             hist.add(values)
     return histograms
-
-
-def sky_counts(batches: Iterable[Batch], order: int) -> np.ndarray:
-    """Stars per nested HEALPix pixel of ``order`` (12·4^order), from ``_healpix_29``."""
-    if not 0 <= order <= HEALPIX_INDEX_ORDER:
-        raise GflowError(f"HEALPix order must be in 0..{HEALPIX_INDEX_ORDER}, got {order}")
-    counts = np.zeros(12 * 4**order, dtype=np.int64)
-    shift = 2 * (HEALPIX_INDEX_ORDER - order)
-    for batch in batches:
-        pixels = _column(batch, "_healpix_29") >> shift
-        counts += np.bincount(pixels, minlength=len(counts))
-    return counts
 
 
 def corner_histograms(columns: Sequence[str], ranges: Ranges,
@@ -326,28 +315,37 @@ def make_figures(hats_dir: Path, out_dir: Path, *, window: SkyWindow = PAPER_WIN
                  frame: SolarFrame | None = None, title: str = "") -> list[Path]:
     """Write the four figures of a HATS catalog to ``out_dir``; return their paths.
 
-    Three streamed passes: the window's ranges (skipped when ``ranges`` is given), the
-    window's histograms, and the sky counts. ``particles`` (n, 6), if given, are the parent
-    particles drawn over the vx–vy map where they fall in ``window`` (seen from ``frame``,
-    default :class:`SolarFrame`).
+    The window's histograms come from the catalog's figure stars (a uniform random subset,
+    :data:`~gflow_dist.catalog.build.FIGURE_STARS_FILE`) in two streamed passes: its
+    ranges (skipped when ``ranges`` is given) and its histograms. The sky counts come from
+    the catalog's sky maps. Neither reads every star. ``particles`` (n, 6), if given, are
+    the parent particles drawn over the vx–vy map where they fall in ``window`` (seen from
+    ``frame``, default :class:`SolarFrame`).
     """
+    hats_dir = Path(hats_dir)
+    stars = hats_dir / FIGURE_STARS_FILE
+    if not stars.exists():
+        raise InputError(f"{hats_dir} has no {FIGURE_STARS_FILE}: the catalog was written "
+                         "before gflow-dist kept figure stars; rebuild it with `gflow catalog`")
     needed = sorted({"pmra", "pmdec", "vx", "vy", *CORNER_COLUMNS})
     in_band = window.arrow_filter()
     if ranges is None:
         ranges = window_ranges(
-            iter_catalog_columns(hats_dir, ["star_id", "ra", "dec", *needed], in_band),
+            iter_parquet_columns(stars, ["star_id", "ra", "dec", *needed], in_band),
             needed, window)
     proper_motion = Histogram.empty(("pmra", "pmdec"), ranges, bins)
     velocity = Histogram.empty(("vx", "vy"), ranges, bins)
     corner = corner_histograms(CORNER_COLUMNS, ranges, corner_bins)
     columns = sorted({"ra", "dec", *needed})
-    fill_histograms(iter_catalog_columns(hats_dir, columns, in_band),
+    fill_histograms(iter_parquet_columns(stars, columns, in_band),
                     [proper_motion, velocity, *corner.values()], window)
-    counts = sky_counts(iter_catalog_columns(hats_dir, ["_healpix_29"]), order)
+    counts = read_star_counts(hats_dir, order)
     parents = None
     if particles is not None:
         parents = window_particles(particles, frame or SolarFrame(), window)[:, 3:5]
-    where = f"{title} stars within {window.describe()}".strip()
+    shown = pq.read_metadata(stars).num_rows
+    where = (f"{title} stars within {window.describe()} (a uniform subset: {shown:,} of "
+             f"{int(counts.sum()):,})").strip()
     out_dir = Path(out_dir)
     return [
         plot_density(proper_motion, out_dir / "proper_motion.png", where),

@@ -31,6 +31,7 @@ from hats.pixel_math.spatial_index import SPATIAL_INDEX_COLUMN
 
 from gflow_dist.catalog.healpix import index_range, pixel_at_order
 from gflow_dist.catalog.observables import COLUMN_UNITS
+from gflow_dist.catalog.skymaps import read_star_counts, skymap_order
 from gflow_dist.errors import AccessError, InputError
 from gflow_dist.outputs import UNIT_KEY
 
@@ -125,8 +126,17 @@ def _pixel_counts(frame: pd.DataFrame, order: int) -> pd.Series:
 
 
 def counts_per_pixel(path: str | Path, order: int) -> pd.Series:
-    """Stars per non-empty HEALPix pixel at ``order`` (index ``pixel``, ascending)."""
+    """Stars per non-empty HEALPix pixel at ``order`` (index ``pixel``, ascending).
+
+    Read from the catalog's sky maps (:mod:`gflow_dist.catalog.skymaps`) down to their
+    order (``catalog.highest_order``); finer orders count every star's ``_healpix_29``,
+    partition by partition on Dask's workers.
+    """
     check_order(order)
+    if order <= skymap_order(hats_path(path)):
+        counts = read_star_counts(hats_path(path), order)
+        pixels = np.flatnonzero(counts)
+        return pd.Series(counts[pixels], index=pixels, name="count").rename_axis("pixel")
     frame = _select(open_catalog(path, ["ra"]).to_dask_dataframe(), None)
     parts = dask.compute(*[dask.delayed(_pixel_counts)(part, order)
                            for part in frame.to_delayed()])
