@@ -22,9 +22,10 @@ lease. Every change to the record is conditional, so two runs never both hold it
 
 - create: a hard link of a complete record file to ``F/.lock`` (fails if it exists); on S3
   a PUT with ``If-None-Match: *``;
-- take over an expired lease: rename ``F/.lock`` to a name of our own (only one rename of
-  it succeeds) and keep it only if it is the expired record we read, else link it back;
-  then create. On S3 a PUT with ``If-Match`` the ETag of the expired record;
+- take over an expired lease: replace the record if it is still the expired one we read;
+  on S3 a PUT with ``If-Match`` its ETag. A file system has no such compare-and-swap, so
+  every change of a record (takeover, renewal, release) first creates the exclusive
+  marker ``F/.lock.<its token>.changing``: one contender at a time checks and changes it;
 - renew: rewrite the record only while it holds our token (S3: ``If-Match`` our last ETag);
   finding another token means the lock was taken over, and the run stops before it
   commits or moves ``latest``;
@@ -49,7 +50,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -218,16 +219,20 @@ class FolderStore:
             expires = _lock_expiry(held, written, self.lock_lease)
             if expires > time.time():
                 raise _lock_held_error(str(path), held, expires)
-            if self._remove_lock_of(held.get("token"), record["token"]):
-                logger.info("publish: taking over %s from %s, whose lease expired at %s",
-                            path, held.get("owner", "an unknown holder"), _timestamp(expires))
-            # else another run took it over first: the next read names it
-        lease = LockLease(str(path), record, self.lock_lease, self._rewrite_lock)
+            if not self._replace_lock(held.get("token"), record):
+                raise GflowError(f"another publish is taking over {path} (whose holder, "
+                                 f"{held.get('owner', 'unknown')}, let its lease expire at "
+                                 f"{_timestamp(expires)}); wait for that run to finish")
+            logger.info("publish: took over %s from %s, whose lease expired at %s",
+                        path, held.get("owner", "an unknown holder"), _timestamp(expires))
+            break
+        lease = LockLease(str(path), record, self.lock_lease,
+                          lambda renewed: self._replace_lock(record["token"], renewed))
         try:
             yield lease
         finally:
             lease.stop()
-            if not self._remove_lock_of(record["token"], record["token"]):
+            if not self._remove_lock(record["token"]):
                 logger.warning("publish: %s was taken over by another run; left it alone", path)
 
     def _read_lock(self) -> tuple[dict[str, Any], float] | None:
@@ -237,6 +242,10 @@ class FolderStore:
             return _parse_lock_record(path.read_text()), path.stat().st_mtime
         except FileNotFoundError:
             return None
+
+    def _holds(self, token: str | None) -> bool:
+        current = self._read_lock()
+        return current is not None and current[0].get("token") == token
 
     def _create_lock(self, record: dict[str, Any]) -> bool:
         """Link a complete record to ``F/.lock`` unless one exists: readers never see half."""
@@ -250,31 +259,43 @@ class FolderStore:
         finally:
             draft.unlink()
 
-    def _rewrite_lock(self, record: dict[str, Any]) -> bool:
-        current = self._read_lock()
-        if current is None or current[0].get("token") != record["token"]:
-            return False
-        draft = self.folder / f"{LOCK}.{record['token']}"
-        draft.write_text(json.dumps(record, indent=2))
-        os.replace(draft, self.folder / LOCK)
-        return True
+    def _replace_lock(self, token: str | None, record: dict[str, Any]) -> bool:
+        """Write ``record`` over ``F/.lock`` if it holds ``token`` (a takeover, a renewal)."""
+        with self._changing(token) as allowed:
+            if not allowed or not self._holds(token):
+                return False
+            draft = self.folder / f"{LOCK}.{record['token']}"
+            draft.write_text(json.dumps(record, indent=2))
+            os.replace(draft, self.folder / LOCK)
+            return True
 
-    def _remove_lock_of(self, token: str | None, own_token: str) -> bool:
-        """Remove ``F/.lock`` if it holds ``token``: one rename claims it, and a record
-        that turns out to be another's is linked back (unless a new lock exists by then)."""
-        path, claimed = self.folder / LOCK, self.folder / f"{LOCK}.{own_token}.claimed"
+    def _remove_lock(self, token: str) -> bool:
+        """Delete ``F/.lock`` if it holds ``token``."""
+        with self._changing(token) as allowed:
+            if not allowed or not self._holds(token):
+                return False
+            (self.folder / LOCK).unlink()
+            return True
+
+    @contextmanager
+    def _changing(self, token: str | None) -> Iterator[bool]:
+        """The right to change ``F/.lock`` while it holds ``token``: an exclusive marker file
+        per token, so a takeover, a renewal and a release of one record never interleave
+        (a file system has no compare-and-swap). False while another holds it; a marker
+        older than a lease, left by a run killed while changing the lock, is removed."""
+        marker = self.folder / f"{LOCK}.{token}.changing"
         try:
-            os.rename(path, claimed)
-        except FileNotFoundError:
-            return False
-        ours = _parse_lock_record(claimed.read_text()).get("token") == token
-        if not ours:
-            try:
-                os.link(claimed, path)
-            except FileExistsError:
-                pass  # a newer lock: the holder whose record this was finds it gone
-        claimed.unlink()
-        return ours
+            os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            with suppress(FileNotFoundError):
+                if time.time() - marker.stat().st_mtime > self.lock_lease:
+                    marker.unlink()
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            marker.unlink()
 
     def latest(self) -> str | None:
         link = self.folder / LATEST
