@@ -114,7 +114,7 @@ class LockLease:
     Args:
         where: the lock's location, for messages.
         record: the lock record as written by the acquire.
-        lease_seconds: how long each renewal extends the lease.
+        lease_seconds: how long (seconds) each renewal extends the lease.
         rewrite: writes a renewed record if the lock still holds this lease's token, and
             returns False if it holds another (the lock was taken over); it never
             overwrites another holder's record.
@@ -152,7 +152,8 @@ class LockLease:
                     self._lost = "another publish took it over"
             if self._lost is not None:
                 raise GflowError(f"this publish lost its lock {self.where}: {self._lost}; "
-                                 "it stops without committing or moving latest. Rerun "
+                                 "it stops before its next step (committing its version "
+                                 "or moving latest). Rerun "
                                  "`gflow publish` once the other run is done")
 
     def _beat(self) -> None:
