@@ -122,7 +122,8 @@ def _publish(args: argparse.Namespace, config: RunConfig) -> None:
     run = functools.partial(pipeline.run_all, runners=ray_runners(),
                             ingested=ingest(config))  # checks the particles
     with ray_session(args.address or config.ray.address):
-        publish(config, args.out, name, run, args.keep, args.force, args.staging)
+        publish(config, args.out, name, run, args.keep, args.force, args.staging,
+                args.lock_lease)
 
 
 def _versions(args: argparse.Namespace) -> None:
@@ -211,6 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
         command = commands.add_parser("run" if stage == "all" else stage, help=text)
         _job_arguments(command)
         command.set_defaults(handler=_job(stage))
+    from gflow_dist.release.stores import LOCK_LEASE_SECONDS
+
     publish = commands.add_parser("publish", help="regenerate into a new immutable version "
                                   "and switch `latest` to it atomically")
     _config_arguments(publish)
@@ -223,6 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument("--keep", type=_positive_int, default=5,
                          help="versions to retain (default 5)")
     publish.add_argument("--force", action="store_true", help="regenerate even if unchanged")
+    publish.add_argument("--lock-lease", type=float, default=LOCK_LEASE_SECONDS, metavar="SECONDS",
+                         help="how long the run lock outlives a run that died; a live run "
+                         f"renews it every third of that (default {LOCK_LEASE_SECONDS:g})")
     publish.set_defaults(handler=_publish)
     versions_parser = commands.add_parser("versions", help="list published versions, or "
                                           "point `latest` back at one")

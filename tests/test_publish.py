@@ -1,22 +1,94 @@
-"""Versioned publishing: an atomic switch of `latest`, no-op reruns, failed runs, retention."""
+"""Versioned publishing: an atomic switch of `latest`, no-op reruns, failed runs, retention,
+and a run lock whose lease a live run renews and a dead run's successor takes over."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from pathlib import Path
 
 import pytest
 
 from gflow_dist.cli import main
 from gflow_dist.config import load_config
 from gflow_dist.errors import EXIT_INPUT, GflowError
-from gflow_dist.release.stores import LATEST, MANIFEST, FolderStore, open_store
+from gflow_dist.release.stores import LATEST, LOCK, MANIFEST, FolderStore, open_store
 from gflow_dist.release.versions import list_versions, publish
+from gflow_dist.upsamplers.base import SPEC_FILE
 
 TINY = [
     "--set", "upsamplers=[enbid]", "--set", "galaxy.mock.n_particles=1200",
     "--set", "sample.total=2000", "--set", "evaluate.enabled=false",
 ]
+
+
+EXPIRED_LOCK = {"owner": "pid 1 on a-dead-node", "token": "dead",
+                "acquired": "2000-01-01T00:00:00+00:00", "expires": "2000-01-01T00:05:00+00:00"}
+USURPER_LOCK = {"owner": "pid 2 on another-node", "token": "usurper",
+                "acquired": "2000-01-01T00:00:00+00:00", "expires": "2999-01-01T00:00:00+00:00"}
+HOLD_THE_LOCK = """
+import sys, time
+from gflow_dist.release.stores import open_store
+with open_store(sys.argv[1], lock_lease=float(sys.argv[2])).lock():
+    print("held", flush=True)
+    time.sleep(600)
+"""
+
+
+def kill_while_holding_the_lock(location: str | Path, lock_lease: float) -> int:
+    """Start a process that takes the publish lock of ``location``, SIGKILL it while it holds
+    the lock, and return its pid."""
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_THE_LOCK, str(location),
+                               str(lock_lease)], stdout=subprocess.PIPE, text=True,
+                              cwd=Path(__file__).parents[1])
+    try:
+        assert holder.stdout.readline() == "held\n"
+    finally:
+        holder.kill()
+        holder.wait()
+    return holder.pid
+
+
+def race_for_the_lock(lock: Callable[[], AbstractContextManager[object]],
+                      contenders: int) -> list[str]:
+    """Have ``contenders`` threads take ``lock()`` at once; each winner holds it until every
+    contender has tried. The outcomes: "won" or "lost" per contender."""
+    start, everyone_tried = threading.Barrier(contenders), threading.Event()
+    outcomes: list[str] = []
+
+    def contend() -> None:
+        start.wait()
+        try:
+            with lock():
+                outcomes.append("won")
+                everyone_tried.wait(30)
+        except GflowError:
+            outcomes.append("lost")
+
+    threads = [threading.Thread(target=contend) for _ in range(contenders)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 30
+    while len(outcomes) < contenders and time.monotonic() < deadline:
+        time.sleep(0.01)
+    everyone_tried.set()
+    for thread in threads:
+        thread.join()
+    return sorted(outcomes)
+
+
+def fake_run(config, out):
+    """A run's output reduced to what publish reads: a saved model per upsampler."""
+    for name in config.upsamplers:
+        (out / "models" / name).mkdir(parents=True)
+        (out / "models" / name / SPEC_FILE).write_text("{}")
 
 
 def _publish(root, *extra):
@@ -87,3 +159,49 @@ def test_unsupported_locations_and_misplaced_staging_are_refused_clearly(tmp_pat
         publish(config, "gs://bucket/releases", "mock", lambda c, out: None)
     with pytest.raises(GflowError, match="--staging is for s3:// locations only"):
         open_store(tmp_path, staging_root=tmp_path / "staging")
+
+
+def test_a_killed_holders_lock_refuses_until_its_lease_expires_then_is_taken_over(tmp_path):
+    config, folder = load_config(None), tmp_path / "mock"
+    pid = kill_while_holding_the_lock(folder, lock_lease=2)
+    held = rf"another publish holds {re.escape(str(folder / LOCK))} \(pid {pid} on "
+    with pytest.raises(GflowError, match=held + ".*lease expires at .* takes the lock over"):
+        publish(config, tmp_path, "mock", fake_run, lock_lease=2)
+    time.sleep(2.5)  # the lease ends 2 s after the holder's last heartbeat
+    version = publish(config, tmp_path, "mock", fake_run, lock_lease=2)
+    assert FolderStore(folder).latest() == version
+    assert not (folder / LOCK).exists() and not list(folder.glob(f"{LOCK}.*"))
+
+
+def test_a_live_holders_heartbeat_keeps_its_lock_past_the_lease(tmp_path):
+    with FolderStore(tmp_path, lock_lease=1).lock() as lease:
+        time.sleep(2.5)
+        with pytest.raises(GflowError, match="another publish holds"):
+            with FolderStore(tmp_path, lock_lease=1).lock():
+                pass
+        lease.renew()  # still this run's
+    assert not (tmp_path / LOCK).exists()
+
+
+def test_runs_racing_for_an_expired_lock_take_it_once(tmp_path):
+    store = FolderStore(tmp_path, lock_lease=30)
+    for _ in range(10):
+        (tmp_path / LOCK).write_text(json.dumps(EXPIRED_LOCK))
+        assert race_for_the_lock(store.lock, contenders=4) == ["lost"] * 3 + ["won"]
+        assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_run_whose_lock_was_taken_over_does_not_commit(tmp_path):
+    folder = tmp_path / "mock"
+
+    def run_then_lose_the_lock(config, out):
+        fake_run(config, out)
+        (folder / LOCK).write_text(json.dumps(USURPER_LOCK))
+
+    with pytest.raises(GflowError, match=rf"lost its lock {re.escape(str(folder / LOCK))}: "
+                                         "another publish took it over"):
+        publish(load_config(None), tmp_path, "mock", run_then_lose_the_lock, lock_lease=30)
+    store = FolderStore(folder)
+    assert store.versions() == [] and store.latest() is None
+    assert not list(folder.glob(".staging-*"))
+    assert json.loads((folder / LOCK).read_text()) == USURPER_LOCK  # left to its holder

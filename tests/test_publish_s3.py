@@ -7,6 +7,7 @@ same environment variables the cluster's bucket Secret sets (AWS_ENDPOINT_URL an
 from __future__ import annotations
 
 import json
+import time
 
 import boto3
 import pytest
@@ -17,6 +18,13 @@ from gflow_dist.config import load_config
 from gflow_dist.errors import EXIT_INPUT, GflowError
 from gflow_dist.release.stores import S3Store
 from gflow_dist.release.versions import list_versions, publish
+from tests.test_publish import (
+    EXPIRED_LOCK,
+    USURPER_LOCK,
+    fake_run,
+    kill_while_holding_the_lock,
+    race_for_the_lock,
+)
 
 BUCKET = "gflow-releases"
 TINY = [
@@ -150,3 +158,58 @@ def test_s3_publishing_needs_a_staging_folder(s3):
     with pytest.raises(GflowError, match="needs --staging DIR"):
         publish(load_config(None), root, "mock", never_run)
     assert list_versions(S3Store(f"{root}/mock", None)) == []
+
+
+def test_s3_a_killed_holders_lock_refuses_until_its_lease_expires_then_is_taken_over(
+        s3, tmp_path):
+    client, root = s3
+    prefix = root.removeprefix(f"s3://{BUCKET}/")
+    pid = kill_while_holding_the_lock(f"{root}/mock", lock_lease=2)
+    with pytest.raises(GflowError, match=rf"another publish holds {root}/mock/\.lock \(pid {pid} "
+                                         "on .*lease expires at .* takes the lock over"):
+        publish(load_config(None), root, "mock", fake_run, staging_root=tmp_path, lock_lease=2)
+    time.sleep(2.5)  # the lease ends 2 s after the holder's last heartbeat
+    version = publish(load_config(None), root, "mock", fake_run, staging_root=tmp_path,
+                      lock_lease=2)
+    assert _latest(client, prefix) == version
+    assert f"{prefix}/mock/.lock" not in _keys(client, prefix)
+
+
+def test_s3_a_live_holders_heartbeat_keeps_its_lock_past_the_lease(s3, tmp_path):
+    client, root = s3
+    with S3Store(root, tmp_path, lock_lease=1).lock() as lease:
+        time.sleep(2.5)
+        with pytest.raises(GflowError, match="another publish holds"):
+            with S3Store(root, tmp_path, lock_lease=1).lock():
+                pass
+        lease.renew()  # still this run's
+    assert not any(key.endswith("/.lock") for key in _keys(client))
+
+
+def test_s3_runs_racing_for_an_expired_lock_take_it_once(s3, tmp_path):
+    client, root = s3
+    prefix = root.removeprefix(f"s3://{BUCKET}/")
+    store = S3Store(root, tmp_path, lock_lease=30)
+    for _ in range(10):
+        client.put_object(Bucket=BUCKET, Key=f"{prefix}/.lock", Body=json.dumps(EXPIRED_LOCK))
+        assert race_for_the_lock(store.lock, contenders=4) == ["lost"] * 3 + ["won"]
+        assert _keys(client, prefix) == []
+
+
+def test_s3_a_run_whose_lock_was_taken_over_does_not_commit(s3, tmp_path):
+    client, root = s3
+    prefix = root.removeprefix(f"s3://{BUCKET}/")
+    lock = f"{prefix}/mock/.lock"
+
+    def run_then_lose_the_lock(config, out):
+        fake_run(config, out)
+        client.put_object(Bucket=BUCKET, Key=lock, Body=json.dumps(USURPER_LOCK))
+
+    with pytest.raises(GflowError, match=rf"lost its lock {root}/mock/\.lock: another publish "
+                                         "took it over"):
+        publish(load_config(None), root, "mock", run_then_lose_the_lock, staging_root=tmp_path,
+                lock_lease=30)
+    assert S3Store(f"{root}/mock", tmp_path).versions() == []
+    assert _keys(client, prefix) == [lock]  # nothing uploaded, and the lock left to its holder
+    assert json.loads(client.get_object(Bucket=BUCKET, Key=lock)["Body"].read()) == USURPER_LOCK
+    assert not list(tmp_path.iterdir())  # the staged run is discarded

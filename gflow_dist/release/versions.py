@@ -12,7 +12,9 @@ Layout of a catalog location ``ROOT/<name>`` (a folder, or an S3 prefix; see
 A run writes into a staging folder, which becomes a version only once the run and its
 manifest are complete; ``latest`` then moves in one atomic step. Readers that open
 ``latest`` therefore never see a half-written version, and a failed run leaves ``latest``
-as it was. A lock keeps two runs from overlapping; a rerun whose config and code match
+as it was. A lock keeps two runs from overlapping: its lease is renewed while the run
+lives, a dead run's lock is taken over once its lease expires, and a run that lost its lock
+stops before it commits or moves ``latest``. A rerun whose config and code match
 ``latest`` is a no-op unless forced; versions beyond ``keep`` are deleted, oldest first,
 never the one ``latest`` names, and so are the leftovers of runs that died mid-way.
 """
@@ -29,7 +31,12 @@ from gflow_dist.config import RunConfig
 from gflow_dist.errors import GflowError
 from gflow_dist.outputs import read_manifest
 from gflow_dist.provenance import versions
-from gflow_dist.release.stores import VERSION_PREFIX, ReleaseStore, open_store
+from gflow_dist.release.stores import (
+    LOCK_LEASE_SECONDS,
+    VERSION_PREFIX,
+    ReleaseStore,
+    open_store,
+)
 from gflow_dist.upsamplers import model_hash
 
 logger = logging.getLogger(__name__)
@@ -69,17 +76,21 @@ def _retain(store: ReleaseStore, keep: int) -> list[str]:
 
 
 def publish(config: RunConfig, root: str | Path, name: str, run: Runner, keep: int = 5,
-            force: bool = False, staging_root: str | Path | None = None) -> str:
+            force: bool = False, staging_root: str | Path | None = None,
+            lock_lease: float = LOCK_LEASE_SECONDS) -> str:
     """Run the job into a new version of ``root/name``, then switch ``latest`` to it.
 
     ``staging_root`` is where an object-store run writes before its upload (a folder every
-    Ray node shares); folder stores stage beside their versions. Returns the version now
-    named by ``latest`` (the existing one for a no-op rerun).
+    Ray node shares); folder stores stage beside their versions. ``lock_lease`` is how many
+    seconds the run lock outlives the run's last heartbeat. Returns the version now named
+    by ``latest`` (the existing one for a no-op rerun).
     """
     if keep < 1:
         raise GflowError(f"--keep must be at least 1, got {keep}")
-    store = open_store(f"{str(root).rstrip('/')}/{name}", staging_root)
-    with store.lock():
+    if lock_lease <= 0:
+        raise GflowError(f"--lock-lease must be a positive number of seconds, got {lock_lease}")
+    store = open_store(f"{str(root).rstrip('/')}/{name}", staging_root, lock_lease)
+    with store.lock() as lease:
         for leftover in store.leftovers():
             logger.info("publish: removed %s, left by a run that died", leftover)
         current = store.latest()
@@ -95,6 +106,7 @@ def publish(config: RunConfig, root: str | Path, name: str, run: Runner, keep: i
         staging = store.staging(version)
         try:
             run(config, staging)
+            lease.renew()  # still ours: else another run may be publishing
             store.commit(staging, version, {
                 "version": version, "uri": store.uri(version),
                 "config_sha256": config.hash(), "code_version": code_version(),
@@ -106,6 +118,7 @@ def publish(config: RunConfig, root: str | Path, name: str, run: Runner, keep: i
         except BaseException:
             store.discard(staging, version)
             raise
+        lease.renew()
         store.point_latest(version)
         removed = _retain(store, keep)
     logger.info("publish: %s/latest -> %s%s", store.location, version,
