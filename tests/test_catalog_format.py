@@ -166,5 +166,6 @@ def test_astropy_reads_quantities_and_ucds_from_a_partition_file(written):
     assert common[b"IVOA.VOTable-Parquet.version"] == b"1.0"
     assert pq.read_schema(path).metadata == common
     fields = pq.read_schema(path)
-    assert {f.name: f.metadata[b"ucd"].decode() for f in fields} == {n: UCDS[n] for n in fields.names}
+    assert {f.name: f.metadata[b"ucd"].decode() for f in fields} == {
+        name: UCDS[name] for name in fields.names}
     assert len(lsdb.open_catalog(written).compute()) == N_STARS
