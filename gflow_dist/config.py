@@ -258,6 +258,11 @@ class CatalogConfig(_Frozen):
     max_rows_per_partition: StrictInt = Field(
         1_000_000, gt=0, description="adaptive partitions split until they hold at most this"
     )
+    row_group_rows: StrictInt = Field(
+        100_000, gt=0, description="stars per Parquet row group in a partition file; rows are "
+        "sorted by _healpix_29, so smaller groups let cone and pixel filters skip more of a "
+        "file (each group's min/max statistics are in the footer and in _metadata)"
+    )
     figure_window_deg: Vector3 = Field(
         (167.47, -4.2, 15.0), description="(ra, dec, radius) [deg] of the sky window the "
         "figures show; the paper's Figs. 1, 3–5 window by default"

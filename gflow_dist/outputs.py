@@ -7,7 +7,8 @@ the old content or the new one, never a half-written mix. Its ``_manifest.json``
 the request that produced it; a rerun with the same request finds it and does nothing.
 
 Every Parquet column carries its unit in the field metadata under :data:`UNIT_KEY`
-(astropy's canonical string, :data:`UNITS`), and the run's provenance is JSON under the
+(astropy's canonical string, :data:`UNITS`) and catalog columns their IVOA UCD
+(:data:`UCDS`), and the run's provenance is JSON under the
 schema metadata key :data:`METADATA_KEY`. Versioned releases of whole runs are a
 different thing: :mod:`gflow_dist.release`.
 """
@@ -21,6 +22,7 @@ from pathlib import Path
 MANIFEST_FILE = "_manifest.json"
 METADATA_KEY = b"gflow_dist"
 UNIT_KEY = b"unit"
+UCD_KEY = b"ucd"
 
 UNITS: dict[str, str] = {
     "star_id": "", "_healpix_29": "",
@@ -33,6 +35,23 @@ UNITS: dict[str, str] = {
 }  # fmt: skip
 """Unit of every column gflow-dist writes, as ``astropy.units.Unit(...).to_string()``
 gives it ('' for dimensionless), so ``astropy.units.Unit(UNITS[name])`` reads it back."""
+
+UCDS: dict[str, str] = {
+    "star_id": "meta.id;meta.main", "_healpix_29": "pos.healpix",
+    "x": "pos.cartesian.x", "y": "pos.cartesian.y", "z": "pos.cartesian.z",
+    "vx": "phys.veloc;pos.cartesian.x", "vy": "phys.veloc;pos.cartesian.y",
+    "vz": "phys.veloc;pos.cartesian.z",
+    "mass": "phys.mass",
+    "ra": "pos.eq.ra;meta.main", "dec": "pos.eq.dec;meta.main",
+    "distance": "pos.distance;pos.heliocentric", "parallax": "pos.parallax",
+    "pmra": "pos.pm;pos.eq.ra", "pmdec": "pos.pm;pos.eq.dec",
+    "radial_velocity": "spect.dopplerVeloc.opt",
+    "l": "pos.galactic.lon", "b": "pos.galactic.lat",
+}  # fmt: skip
+"""IVOA UCD (UCD1+ controlled vocabulary) of every column in :data:`UNITS`: x, y, z and
+vx, vy, vz are Galactocentric Cartesian, distance, ra, dec, parallax, pm and
+radial_velocity as seen from the Sun. Catalog partitions carry them in the field metadata
+(key :data:`UCD_KEY`) and in their VOParquet and astropy metadata."""
 
 
 def read_manifest(directory: str | Path) -> dict | None:

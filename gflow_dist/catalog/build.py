@@ -201,7 +201,7 @@ def _partition_and_publish(plan: ShardPlan, stats: list[dict], folder: Path, hat
                         "reused": sum(not row["sampled"] for row in stats),
                         "sample_seconds": time.perf_counter() - start,
                         "workers": _worker_stats(stats)}}
-    schema = partition_schema(metadata)
+    schema = partition_schema(metadata, config.catalog.row_group_rows)
     try:
         rows = runner.write_partitions([f.parquet for f in files], partitions, schema,
                                        staging / "dataset")

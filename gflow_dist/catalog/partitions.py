@@ -10,10 +10,19 @@ Layout (HATS, as hats 0.11 reads it)::
 
 Each partition file holds the stars of one pixel of the partition plan
 (:mod:`gflow_dist.catalog.healpix`), sorted by ``_healpix_29`` then ``star_id``, one
-file per partition whatever the number of shards. Columns carry their unit in the field
-metadata (key ``unit``) and the run's provenance sits in the schema metadata (key
-``gflow_dist``, JSON). Floats are written with byte-stream-split encoding, the leading
-sort key with delta encoding, zstd level 3, 100,000-row groups, statistics and page index.
+file per partition whatever the number of shards. Columns carry their unit and UCD in the
+field metadata (keys ``unit``, ``ucd``); the schema metadata holds the run's provenance
+(key ``gflow_dist``, JSON), the row-group size (``gflow_dist.row_group_rows``) and the same
+units and UCDs for astropy (``table_meta_yaml``) and VO readers (VOParquet 1.0,
+:func:`gflow_dist.catalog.schema.reader_metadata`). Floats are written with
+byte-stream-split encoding, the leading sort key with delta encoding, zstd level 3, row
+groups of ``catalog.row_group_rows`` stars (default 100,000), min/max statistics of every
+column in each row group (in the file footers and in ``_metadata``) and page indexes.
+
+Because rows are sorted by ``_healpix_29``, each row group covers a narrow range of the
+spatial index, so a cone or pixel filter skips most row groups of a partition. Other
+columns (parallax, proper motions) are not sorted: their row-group ranges overlap and a
+cut on them prunes row groups only when it is extreme enough to miss whole groups.
 """
 
 from __future__ import annotations
@@ -31,17 +40,19 @@ from hats.pixel_math import HealpixPixel
 from hats.pixel_math.spatial_index import SPATIAL_INDEX_COLUMN, SPATIAL_INDEX_ORDER
 
 from gflow_dist.catalog.healpix import PartitionPlan
-from gflow_dist.catalog.schema import catalog_schema
+from gflow_dist.catalog.schema import catalog_schema, reader_metadata
 from gflow_dist.config import CatalogConfig
 from gflow_dist.outputs import METADATA_KEY
 
 PARTITION_COLUMN = "_partition"
 """Index of a star's partition in the plan, added to the rows while they are grouped."""
 
-PARTITIONING_KEYS = {"partition_order", "highest_order", "max_rows_per_partition"}
+PARTITIONING_KEYS = {"partition_order", "highest_order", "max_rows_per_partition",
+                     "row_group_rows"}
 """The ``catalog`` config keys that decide the partitions, hence the written files."""
 
-_ROW_GROUP_ROWS = 100_000
+ROW_GROUP_KEY = b"gflow_dist.row_group_rows"
+"""Schema metadata key with the row-group size :func:`write_partition` writes."""
 _PAGE_BYTES = 131_072
 
 
@@ -50,9 +61,18 @@ def partition_file(pixel: HealpixPixel) -> str:
     return f"Norder={pixel.order}/Dir={pixel.dir}/Npix={pixel.pixel}.parquet"
 
 
-def partition_schema(metadata: dict[str, str]) -> pa.Schema:
-    """The catalog schema with the run's provenance ``metadata`` in the schema metadata."""
-    return catalog_schema().with_metadata({METADATA_KEY: json.dumps(metadata, sort_keys=True)})
+def partition_schema(metadata: dict[str, str], row_group_rows: int) -> pa.Schema:
+    """The catalog schema with the run's provenance ``metadata``, the row-group size
+    (``catalog.row_group_rows``) and the astropy and VOParquet column descriptions in the
+    schema metadata."""
+    schema = catalog_schema()
+    return schema.with_metadata({METADATA_KEY: json.dumps(metadata, sort_keys=True),
+                                 ROW_GROUP_KEY: str(row_group_rows)} | reader_metadata(schema))
+
+
+def row_group_rows(schema: pa.Schema) -> int:
+    """The row-group size a partition of ``schema`` is written with."""
+    return int(schema.metadata[ROW_GROUP_KEY])
 
 
 def assign_partitions(table: pa.Table, plan: PartitionPlan) -> pa.Table:
@@ -66,7 +86,7 @@ def _write_kwargs(schema: pa.Schema) -> dict:
         schema, [(SPATIAL_INDEX_COLUMN, "ascending"), ("star_id", "ascending")])
     encoding = {f.name: "BYTE_STREAM_SPLIT" for f in schema if pa.types.is_floating(f.type)}
     encoding[SPATIAL_INDEX_COLUMN] = "DELTA_BINARY_PACKED"
-    return {"row_group_size": _ROW_GROUP_ROWS, "compression": "zstd", "compression_level": 3,
+    return {"row_group_size": row_group_rows(schema), "compression": "zstd", "compression_level": 3,
             "column_encoding": encoding,
             "use_dictionary": [name for name in schema.names if name not in encoding],
             "data_page_size": _PAGE_BYTES, "dictionary_pagesize_limit": _PAGE_BYTES,
@@ -134,6 +154,7 @@ def write_hats_metadata(folder: Path, plan: PartitionPlan, schema: pa.Schema,
         gflow_partition_order=str(config.partition_order),
         gflow_highest_order=str(config.highest_order),
         gflow_max_rows_per_partition=str(config.max_rows_per_partition),
+        gflow_row_group_rows=str(row_group_rows(schema)),
         **skymaps, **provenance,
     ).to_properties_file(folder)
 
