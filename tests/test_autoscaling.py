@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -65,9 +66,11 @@ def _cluster_config(gcs_address: str) -> dict:
                      "disable_node_updaters": True, "disable_launch_config_check": True,
                      "gcs_address": gcs_address},
         "auth": {"ssh_user": "ubuntu"},
-        "head_node_type": "head",
+        "head_node_type": "ray.head.default",
         "available_node_types": {
-            "head": {"resources": {"CPU": 0}, "node_config": {}, "max_workers": 0},
+            # the fake provider's head is of this type
+            "ray.head.default": {"resources": {"CPU": 0}, "node_config": {},
+                                 "max_workers": 0},
             "cpu": {"resources": {"CPU": 2, "object_store_memory": 150 * 2**20},
                     "node_config": {}, "min_workers": 0, "max_workers": 2},
             "gpu": {"resources": {"CPU": 2, "GPU": 1, "object_store_memory": 150 * 2**20},
@@ -78,6 +81,19 @@ def _cluster_config(gcs_address: str) -> dict:
         "setup_commands": [], "head_setup_commands": [], "worker_setup_commands": [],
         "head_start_ray_commands": [], "worker_start_ray_commands": [],
     }
+
+
+TOKEN = secrets.token_hex(32)
+"""The test cluster's own Ray auth token (Ray 2.60's ``ray start`` turns token auth on)."""
+
+
+def _env(**extra: str) -> dict[str, str]:
+    """The environment of the cluster and of every process that connects to it."""
+    env = os.environ | {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": TOKEN,
+                        "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(REPO),
+                        "RAY_DEDUP_LOGS": "0"} | extra
+    env.pop("RAY_ADDRESS", None)
+    return env
 
 
 def _our_pids(markers: list[str]) -> list[int]:
@@ -106,9 +122,7 @@ def autoscaling_cluster():
     address = f"127.0.0.1:{gcs}"
     config = temp / "autoscaling.yaml"
     config.write_text(yaml.safe_dump(_cluster_config(address)))
-    env = os.environ | {"RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1",
-                        "RAY_USAGE_STATS_ENABLED": "0"}
-    env.pop("RAY_ADDRESS", None)
+    env = _env(RAY_FAKE_CLUSTER="1", AUTOSCALER_UPDATE_INTERVAL_S="1")
     start = subprocess.run(
         [RAY, "start", "--head", f"--autoscaling-config={config}", "--num-cpus=0",
          "--node-ip-address=127.0.0.1", f"--port={gcs}", f"--ray-client-server-port={client}",
@@ -140,7 +154,7 @@ def _nodes(address: str) -> list[dict]:
               "print(json.dumps([{'alive': n['Alive'], 'resources': n['Resources']} "
               "for n in ray.nodes()]))")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=120, env=os.environ | {"PYTHONPATH": str(REPO)})
+                          timeout=120, env=_env())
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -149,13 +163,11 @@ def _nodes(address: str) -> list[dict]:
 def test_a_run_scales_a_cluster_up_from_no_workers(autoscaling_cluster, tmp_path):
     assert [n["resources"].get("CPU", 0) for n in _nodes(autoscaling_cluster)] == [0]
     out = tmp_path / "run"
-    env = os.environ | {"PYTHONPATH": str(REPO), "RAY_DEDUP_LOGS": "0"}
-    env.pop("RAY_ADDRESS", None)
     run = subprocess.run(
         [sys.executable, "-m", "gflow_dist.cli", "run", "configs/mock.yaml", "--out", str(out),
          "--address", autoscaling_cluster, *SMALL_RUN,
          "--set", "ray.num_gpus_per_classifier=1", "--set", "ray.resource_wait_s=240"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stderr[-5000:]
     assert "waiting for a node" in run.stderr or "is up" in run.stderr
 
