@@ -111,7 +111,9 @@ def autoscaler_running() -> bool:
 
     Ray's v1 autoscaler writes its report to the GCS key-value store every update
     (``ray status`` reads it); the v2 autoscaler marks itself there. A plain local
-    ``ray.init`` has neither.
+    ``ray.init`` (or ``ray start`` without ``--autoscaling-config``) runs the v1 monitor
+    in read-only mode, which only mirrors the live nodes: each node is its own type
+    ``node_<node id>``, and no node can be added.
     """
     try:
         from ray._private import ray_constants
@@ -120,8 +122,11 @@ def autoscaler_running() -> bool:
         if not _internal_kv_initialized():
             return False
         status = _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS)
-        if status and "autoscaler_report" in json.loads(status):
-            return True
+        report = json.loads(status).get("autoscaler_report") if status else None
+        if report:
+            mapping = report.get("node_type_mapping") or {}
+            mirrored = all(kind == f"node_{node}" for node, kind in mapping.items())
+            return not mirrored or bool(report.get("pending_launches"))
         from ray.autoscaler.v2.utils import is_autoscaler_v2
 
         return bool(is_autoscaler_v2(fetch_from_server=True))
