@@ -347,6 +347,19 @@ class RayConfig(_Frozen):
     evaluation_shards: StrictInt = Field(
         8, ge=1, description="test-particle shards scored in parallel; partial sums merge"
     )
+    max_cpus_per_node: PositiveFloat | None = Field(
+        None, description="CPUs of the largest node the cluster may ever have (autoscaled "
+        "ones too); a worker asking for more fails at once; null infers it (a fixed "
+        "cluster: its live nodes; an autoscaling one: unknown, so a stage waits)"
+    )
+    max_gpus_per_node: float | None = Field(
+        None, ge=0.0, description="GPUs of the largest node the cluster may ever have; "
+        "null infers it as for max_cpus_per_node"
+    )
+    resource_wait_s: PositiveFloat = Field(
+        600.0, description="how long a stage waits for the autoscaler to add a node its "
+        "workers fit on [s] before it fails"
+    )
 
 
 class RunConfig(_Frozen):

@@ -96,6 +96,13 @@ def test_pool_size_is_what_the_nodes_hold():
     assert pool_size(nodes, 1, 0.25, members=10, max_concurrent=50) == 6
 
 
+def test_an_autoscaling_pool_is_sized_by_the_work():
+    """No nodes to count (an autoscaler may add them): one actor per member, capped."""
+    assert pool_size(None, 1, 0.25, members=10) == 10
+    assert pool_size(None, 1, 0.25, members=10, max_concurrent=3) == 3
+    assert pool_size(None, 64, 8, members=1) == 1
+
+
 def test_each_model_and_config_checkpoints_in_its_own_folder():
     assert model_checkpoint_uri(None, "cnf", "ab" * 32) is None
     assert model_checkpoint_uri("s3://bucket/runs/", "cnf", "ab" * 32) == \

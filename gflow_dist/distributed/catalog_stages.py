@@ -3,20 +3,23 @@
 The science and the file formats live in :mod:`gflow_dist.catalog` (see
 :mod:`gflow_dist.catalog.build`); this module only places the work:
 
-- **Draw.** A Ray Data dataset of shard ids flows through a pool of :class:`ShardActor`
-  actors (:func:`sampler_pool` of them), one shard at a time per actor. Each loads the
-  saved model once and calls :func:`gflow_dist.catalog.shards.draw_shard` per shard. Ray
-  Data restarts a dead actor and retries the shard it was drawing (its actor pools default
-  to ``max_restarts=-1``, ``max_task_retries=-1``); the retried draw replaces the
-  half-written ``.partial`` file.
+- **Draw.** A Ray Data dataset of shard ids flows through an elastic pool of
+  :class:`ShardActor` actors (1 to :func:`sampler_pool` of them; Ray Data grows it as
+  actors start, and its pending actors are the autoscaler's demand), one shard at a time
+  per actor. The stage first waits (``ray.resource_wait_s``) for a node a sampler fits
+  on. Each actor loads the saved model once and calls
+  :func:`gflow_dist.catalog.shards.draw_shard` per shard. Ray Data restarts a dead actor
+  and retries the shard it was drawing (its actor pools default to ``max_restarts=-1``,
+  ``max_task_retries=-1``); the retried draw replaces the half-written ``.partial`` file.
 - **Partition.** ``ray.data.read_parquet`` of the shard files → partition index →
   ``groupby(partition).map_groups`` (task-based sort shuffle, spilling to disk past the
-  object store): every group goes to :func:`gflow_dist.catalog.partitions.write_partition`.
+  object store, in one shuffle partition per HEALPix partition, at most
+  ``ray.max_samplers``): every group goes to
+  :func:`gflow_dist.catalog.partitions.write_partition`.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -34,25 +37,28 @@ from gflow_dist.catalog.partitions import (
 from gflow_dist.catalog.schema import table_records
 from gflow_dist.catalog.shards import ShardSpec, draw_shard
 from gflow_dist.config import RayConfig, RunConfig
-from gflow_dist.errors import GflowError
+from gflow_dist.distributed.cluster import (
+    actors_per_cluster,
+    check_resources,
+    elastic,
+    node_resources,
+    wait_for_node,
+)
 from gflow_dist.upsamplers import Upsampler
 
 
 def sampler_pool(config: RayConfig, shards: int) -> int:
-    """Sampling actors to run at once: ``ray.max_samplers`` or what the cluster holds."""
-    import ray
+    """Most sampling actors to run at once: one per shard, at most ``ray.max_samplers``
+    and, on a fixed cluster, at most what its nodes hold at once.
 
-    available = ray.cluster_resources()
-    fits = math.floor(available.get("CPU", 0.0) / config.num_cpus_per_sampler)
-    if config.num_gpus_per_sampler > 0:
-        fits = min(fits, math.floor(available.get("GPU", 0.0) / config.num_gpus_per_sampler))
-    if fits < 1:
-        raise GflowError(
-            f"no sampling worker fits the cluster ({available.get('CPU', 0.0)} CPUs, "
-            f"{available.get('GPU', 0.0)} GPUs): lower ray.num_cpus_per_sampler="
-            f"{config.num_cpus_per_sampler} or ray.num_gpus_per_sampler="
-            f"{config.num_gpus_per_sampler} (0 on CPU-only clusters)")
-    return max(1, min(config.max_samplers or fits, fits, shards))
+    Raises GflowError, naming the key, when no node the cluster may ever have holds one.
+    """
+    cpus, gpus = config.num_cpus_per_sampler, config.num_gpus_per_sampler
+    check_resources(cpus, gpus, "sampler", config)
+    most = min(shards, config.max_samplers or shards)
+    if not elastic(config):
+        most = min(most, actors_per_cluster(node_resources(), cpus, gpus))
+    return max(1, most)
 
 
 class ShardActor:
@@ -93,12 +99,15 @@ class RayCatalogRunner:
     def draw_shards(self, model_dir: Path, spec: ShardSpec, indices: list[int]) -> list[dict]:
         import ray
 
+        pool = sampler_pool(self.config, len(indices))
+        wait_for_node(self.config.num_cpus_per_sampler, self.config.num_gpus_per_sampler,
+                      f"drawing {len(indices)} catalog shards", self.config)
         dataset = ray.data.from_items([{"id": k} for k in indices],
                                       override_num_blocks=len(indices))
         stats = dataset.map_batches(
             ShardActor, batch_size=1,
             # one shard at a time per actor: a queued shard goes to whichever actor frees first
-            compute=ray.data.ActorPoolStrategy(size=sampler_pool(self.config, len(indices)),
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=pool,
                                                max_tasks_in_flight_per_actor=1),
             num_cpus=self.config.num_cpus_per_sampler,
             num_gpus=self.config.num_gpus_per_sampler or None,
@@ -112,14 +121,15 @@ class RayCatalogRunner:
         import ray
         from ray.data.context import ShuffleStrategy
 
-        writers = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        writers = min(len(plan.pixels), self.config.max_samplers or len(plan.pixels))
+        wait_for_node(1.0, 0.0, f"writing {len(plan.pixels)} catalog partitions", self.config)
         stars = ray.data.read_parquet([str(p) for p in shard_files])
         # task-based sort shuffle: no aggregator actors, spills to disk past the object store
         stars.context.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
         written = (stars
                    .map_batches(assign_partitions, fn_kwargs={"plan": plan},
                                 batch_format="pyarrow")
-                   .groupby(PARTITION_COLUMN, num_partitions=min(len(plan.pixels), writers))
+                   .groupby(PARTITION_COLUMN, num_partitions=max(1, writers))
                    .map_groups(_write_group, batch_format="pyarrow",
                                fn_kwargs={"plan": plan, "schema": schema,
                                           "dataset": str(dataset)})

@@ -3,20 +3,27 @@ checking what its nodes hold."""
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
 import re
 import socket
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from typing import Any
 
+from gflow_dist.config import RayConfig
 from gflow_dist.errors import AccessError, GflowError
 
 logger = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 5.0
 """How long a cluster address may take to accept a connection [s] before it counts as down."""
+
+PROGRESS_S = 15.0
+"""How often a stage waiting for nodes says what it waits for [s]."""
 
 
 def check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
@@ -99,23 +106,149 @@ def node_resources() -> list[dict[str, float]]:
     return [node["Resources"] for node in ray.nodes() if node["Alive"]]
 
 
-def check_resources(num_cpus: float, num_gpus: float, role: str = "member") -> None:
-    """Fail fast when no node could ever hold a worker of this size.
+def autoscaler_running() -> bool:
+    """Whether an autoscaler manages the connected cluster (it may add nodes).
+
+    Ray's v1 autoscaler writes its report to the GCS key-value store every update
+    (``ray status`` reads it); the v2 autoscaler marks itself there. A plain local
+    ``ray.init`` (or ``ray start`` without ``--autoscaling-config``) runs the v1 monitor
+    in read-only mode, which only mirrors the live nodes: each node is its own type
+    ``node_<node id>``, and no node can be added.
+    """
+    try:
+        from ray._private import ray_constants
+        from ray.experimental.internal_kv import _internal_kv_get, _internal_kv_initialized
+
+        if not _internal_kv_initialized():
+            return False
+        status = _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS)
+        report = json.loads(status).get("autoscaler_report") if status else None
+        if report:
+            mapping = report.get("node_type_mapping") or {}
+            mirrored = all(kind == f"node_{node}" for node, kind in mapping.items())
+            return not mirrored or bool(report.get("pending_launches"))
+        from ray.autoscaler.v2.utils import is_autoscaler_v2
+
+        return bool(is_autoscaler_v2(fetch_from_server=True))
+    except Exception:  # noqa: BLE001 - an unreadable status is a cluster without one
+        logger.debug("cannot read the autoscaler's status", exc_info=True)
+        return False
+
+
+def elastic(config: RayConfig | None) -> bool:
+    """Whether nodes may yet be added: an autoscaler runs, or the operator set
+    ``ray.max_cpus_per_node`` / ``ray.max_gpus_per_node`` (the largest node it may add)."""
+    if config is not None and (config.max_cpus_per_node is not None
+                               or config.max_gpus_per_node is not None):
+        return True
+    return autoscaler_running()
+
+
+def _fits_live_node(num_cpus: float, num_gpus: float) -> bool:
+    return actors_per_cluster(node_resources(), num_cpus, num_gpus) > 0
+
+
+def check_resources(num_cpus: float, num_gpus: float, role: str = "member",
+                    config: RayConfig | None = None) -> None:
+    """Fail fast when no node the cluster could ever have holds a worker of this size.
 
     A worker that asks for a GPU on a CPU-only cluster would otherwise stay pending
-    forever. ``role`` names the config keys in the message: ``ray.num_cpus_per_<role>``
+    forever. What the cluster could ever hold: ``ray.max_cpus_per_node`` and
+    ``ray.max_gpus_per_node`` where the operator set them; otherwise, on a cluster an
+    autoscaler manages, anything (the autoscaler's node types are not visible to the
+    driver: the stage then waits up to ``ray.resource_wait_s``); on a fixed cluster, its
+    live nodes. ``role`` names the config keys in the message: ``ray.num_cpus_per_<role>``
     and ``ray.num_gpus_per_<role>``.
     """
     nodes = node_resources()
-    if actors_per_cluster(nodes, num_cpus, num_gpus) > 0:
-        return
     most_gpus = max((node.get("GPU", 0.0) for node in nodes), default=0.0)
     most_cpus = max((node.get("CPU", 0.0) for node in nodes), default=0.0)
+    cpu_key, gpu_key = f"ray.num_cpus_per_{role}", f"ray.num_gpus_per_{role}"
+    if config is not None and config.max_gpus_per_node is not None \
+            and num_gpus > config.max_gpus_per_node:
+        fix = ("set it to 0" if config.max_gpus_per_node == 0
+               else f"set it to at most {config.max_gpus_per_node:g}")
+        raise GflowError(f"{gpu_key}={num_gpus:g} but ray.max_gpus_per_node="
+                         f"{config.max_gpus_per_node:g}: no node the cluster may have holds "
+                         f"it; {fix}, or raise ray.max_gpus_per_node if larger nodes exist")
+    if config is not None and config.max_cpus_per_node is not None \
+            and num_cpus > config.max_cpus_per_node:
+        raise GflowError(f"{cpu_key}={num_cpus:g} but ray.max_cpus_per_node="
+                         f"{config.max_cpus_per_node:g}: no node the cluster may have holds "
+                         f"it; lower {cpu_key}, or raise ray.max_cpus_per_node if larger "
+                         "nodes exist")
+    if actors_per_cluster(nodes, num_cpus, num_gpus) > 0 or elastic(config):
+        return
     if num_gpus > most_gpus:
         fix = ("set it to 0 on CPU-only clusters" if most_gpus == 0
                else f"set it to at most {most_gpus:g}")
-        raise GflowError(f"ray.num_gpus_per_{role}={num_gpus:g} but no node of the cluster has "
-                         f"more than {most_gpus:g} GPUs; {fix}")
-    raise GflowError(f"ray.num_cpus_per_{role}={num_cpus:g} (with ray.num_gpus_per_{role}="
+        raise GflowError(f"{gpu_key}={num_gpus:g} but no node of the cluster has "
+                         f"more than {most_gpus:g} GPUs; {fix} (on an autoscaling cluster, "
+                         "set ray.max_gpus_per_node)")
+    raise GflowError(f"{cpu_key}={num_cpus:g} (with {gpu_key}="
                      f"{num_gpus:g}) fits on no node: the largest has {most_cpus:g} CPUs; "
-                     f"lower ray.num_cpus_per_{role}")
+                     f"lower {cpu_key} (on an autoscaling cluster, set ray.max_cpus_per_node)")
+
+
+def _describe(num_cpus: float, num_gpus: float) -> str:
+    return f"{num_cpus:g} CPUs" + (f" and {num_gpus:g} GPUs" if num_gpus else "")
+
+
+def wait_for_node(num_cpus: float, num_gpus: float, what: str,
+                  config: RayConfig | None = None) -> None:
+    """Return once a live node holds one worker of this size, asking the autoscaler for one.
+
+    The request goes through ``ray.autoscaler.sdk.request_resources`` (withdrawn once the
+    node is up: the stage's own pending work is then the demand). Logs what it waits for
+    every :data:`PROGRESS_S` and fails after ``ray.resource_wait_s``.
+    """
+    if _fits_live_node(num_cpus, num_gpus):
+        return
+    from ray.autoscaler.sdk import request_resources
+
+    bundle = {"CPU": num_cpus} | ({"GPU": num_gpus} if num_gpus else {})
+    request_resources(bundles=[bundle])
+    try:
+        waiting = Waiting(what, _describe(num_cpus, num_gpus), config)
+        while not _fits_live_node(num_cpus, num_gpus):
+            waiting.tick()
+            time.sleep(1.0)
+    finally:
+        request_resources(bundles=[])
+    logger.info("%s: a node with %s is up", what, _describe(num_cpus, num_gpus))
+
+
+class Waiting:
+    """Progress and deadline of a stage waiting for workers that are not up yet.
+
+    Args:
+        what: the stage's work, as the log line names it ("2 member trainers").
+        each: what one worker needs ("1 CPUs").
+        config: ``ray.resource_wait_s`` (default 600 s).
+    """
+
+    def __init__(self, what: str, each: str, config: RayConfig | None) -> None:
+        self.what, self.each = what, each
+        self.limit = config.resource_wait_s if config is not None else RayConfig().resource_wait_s
+        self.start = time.monotonic()
+        self.said = self.start - PROGRESS_S  # the first tick speaks
+
+    def tick(self) -> None:
+        """Log progress now and then; raise GflowError past the limit."""
+        now = time.monotonic()
+        waited = now - self.start
+        if waited > self.limit:
+            raise GflowError(
+                f"{self.what}: no node with {self.each} came up within ray.resource_wait_s="
+                f"{self.limit:g} s; check that the autoscaler may add such a node (its worker "
+                "types and max replicas), lower the request, or raise ray.resource_wait_s")
+        if now - self.said >= PROGRESS_S:
+            logger.info("%s: waiting for a node with %s (the autoscaler must add one), "
+                        "%.0f of ray.resource_wait_s=%g s", self.what, self.each, waited,
+                        self.limit)
+            self.said = now
+
+
+def started(actors: Sequence[Any]) -> list[Any]:
+    """One ref per actor that resolves once the actor is up (its constructor ran)."""
+    return [actor.__ray_ready__.remote() for actor in actors]

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from gflow_dist.config import RayConfig, RunConfig
+from gflow_dist.distributed.cluster import Waiting, check_resources, started, wait_for_node
 from gflow_dist.errors import GflowError
 from gflow_dist.evaluate.classifier import (
     ClassifierSettings,
@@ -122,19 +123,23 @@ def _score_shard(state: ClassifierState, rows: np.ndarray) -> tuple[PosteriorSum
 
 
 def _check_cluster(ray_config: RayConfig) -> None:
-    """Fail fast on requests no node could hold (they would stay pending forever)."""
+    """Fail fast on requests no node the cluster may ever have could hold (they would
+    stay pending forever)."""
+    check_resources(ray_config.num_cpus_per_sampler, ray_config.num_gpus_per_sampler,
+                    "sampler", ray_config)
+    check_resources(1.0, ray_config.num_gpus_per_classifier, "classifier", ray_config)
+
+
+def _wait_started(actor: Any, what: str, each: str, ray_config: RayConfig) -> None:
+    """Wait for ``actor`` to start (a pending actor is the autoscaler's demand), saying
+    what it waits for, at most ``ray.resource_wait_s``."""
     import ray
 
-    available = ray.cluster_resources()
-    for key, value, resource in (
-            ("num_cpus_per_sampler", ray_config.num_cpus_per_sampler, "CPU"),
-            ("num_gpus_per_sampler", ray_config.num_gpus_per_sampler, "GPU"),
-            ("num_gpus_per_classifier", ray_config.num_gpus_per_classifier, "GPU")):
-        if value > available.get(resource, 0.0):
-            hint = "set it to 0 on CPU-only clusters" if resource == "GPU" else "lower it"
-            raise GflowError(f"ray.{key}={value:g} but the cluster has "
-                             f"{available.get(resource, 0.0):g} {resource}s; {hint} "
-                             "or add nodes that have them")
+    (ready,) = started([actor])
+    waiting = Waiting(what, each, ray_config)
+    while not ray.wait([ready], timeout=5.0)[0]:
+        waiting.tick()
+    ray.get(ready)
 
 
 def _bounded(submit: Callable[..., Any], jobs: Sequence[tuple[Any, ...]],
@@ -165,6 +170,8 @@ class RayClassifierTests:
 
         rc = self.ray_config
         _check_cluster(rc)
+        wait_for_node(rc.num_cpus_per_sampler, rc.num_gpus_per_sampler,
+                      "drawing the evaluation's stars", rc)
         draw = ray.remote(num_cpus=rc.num_cpus_per_sampler, num_gpus=rc.num_gpus_per_sampler,
                           max_retries=MAX_RETRIES)(_draw_shard)
         plans = {name: evaluation_plan(n, seed, index, self.sample_config.shard_size)
@@ -193,6 +200,9 @@ class RayClassifierTests:
             ClassifierTrainer).remote()
         workdir.mkdir(parents=True, exist_ok=True)
         try:
+            _wait_started(trainer, "training the classifier",
+                          "1 CPU" + (f" and {rc.num_gpus_per_classifier:g} GPUs"
+                                     if rc.num_gpus_per_classifier else ""), rc)
             state = ray.get(trainer.train.remote(
                 [ray.put(samples[name]) for name in names], settings, seed,
                 str(workdir / "multi_model.ckpt"), "classifier " + " vs ".join(names)))
@@ -202,6 +212,8 @@ class RayClassifierTests:
         score = ray.remote(num_cpus=rc.num_cpus_per_sampler, num_gpus=rc.num_gpus_per_sampler,
                            max_retries=MAX_RETRIES)(_score_shard)
         state_ref = ray.put(state)
+        wait_for_node(rc.num_cpus_per_sampler, rc.num_gpus_per_sampler,
+                      "scoring the test particles", rc)
         n_shards = max(1, min(rc.evaluation_shards, len(test_particles)))
         parts = ray.get([score.remote(state_ref, rows)
                          for rows in np.array_split(test_particles, n_shards)])

@@ -20,7 +20,8 @@ def _member_runner(config: RunConfig, name: str, training_key: str) -> MemberRun
     """Train model ``name``'s members in Ray actors, checkpointing per training key."""
     return ray_member_runner(
         config.ray.num_cpus_per_member, config.ray.num_gpus_per_member,
-        checkpoint_uri=model_checkpoint_uri(config.ray.checkpoint_uri, name, training_key))
+        checkpoint_uri=model_checkpoint_uri(config.ray.checkpoint_uri, name, training_key),
+        cluster=config.ray)
 
 
 def ray_runners() -> Runners:

@@ -1,9 +1,13 @@
 """Train ensemble members in a pool of Ray actors, each member resuming from its checkpoint.
 
-A pool rather than one actor per member: the pool is sized to what the cluster holds at
-once (node by node, the fewer of its CPU and GPU share), so no actor ever waits pending,
-and each actor pays its process start and torch import once for all the members it takes
-from the queue. Small MLP flows share a GPU well, so ``num_gpus`` may be a fraction (0.25).
+A pool rather than one actor per member: each actor pays its process start and torch
+import once for all the members it takes from the queue. The pool is elastic: all its
+actors are requested up front (one per member, at most ``max_concurrent``; on a fixed
+cluster at most what its nodes hold at once), so on an autoscaling cluster the pending
+ones are the demand that adds nodes; members go to actors as they start, and actors still
+pending when the queue is empty are given up. With no actor up, the pool waits
+``ray.resource_wait_s`` (saying what it waits for) and then fails. Small MLP flows share
+a GPU well, so ``num_gpus`` may be a fraction (0.25).
 
 Each member runs :func:`gflow_dist.flows.member.train_member` unchanged. Its directory is
 the one the ensemble passes: on storage the driver and every node see (a local path on
@@ -29,8 +33,18 @@ from typing import Any
 
 import torch
 
+from gflow_dist.config import RayConfig
 from gflow_dist.distributed.checkpoints import CheckpointStore
-from gflow_dist.distributed.cluster import actors_per_cluster, check_resources, node_resources
+from gflow_dist.distributed.cluster import (
+    PROGRESS_S,
+    Waiting,
+    actors_per_cluster,
+    check_resources,
+    elastic,
+    node_resources,
+    started,
+)
+from gflow_dist.errors import GflowError
 from gflow_dist.flows.member import HISTORY_FILE, WEIGHTS_FILE
 from gflow_dist.upsamplers.base import MemberRunner
 
@@ -107,17 +121,20 @@ def _best_losses(directory: Path) -> str:
                      for flow, curves in history.items())
 
 
-def pool_size(nodes: Sequence[dict[str, float]], num_cpus: float, num_gpus: float,
+def pool_size(nodes: Sequence[dict[str, float]] | None, num_cpus: float, num_gpus: float,
               members: int, max_concurrent: int | None = None) -> int:
-    """Actors to start: as many as the nodes hold at once, at most one per member and at
-    most ``max_concurrent``; at least 1."""
-    size = min(members, actors_per_cluster(nodes, num_cpus, num_gpus))
+    """Actors to request: one per member, at most ``max_concurrent`` and, where ``nodes``
+    are all the cluster will ever have (a fixed cluster), at most what they hold at once;
+    ``nodes`` None (an autoscaling cluster) bounds it by the work alone. At least 1."""
+    size = members if nodes is None else min(members,
+                                             actors_per_cluster(nodes, num_cpus, num_gpus))
     return max(1, min(size, max_concurrent) if max_concurrent else size)
 
 
 def ray_member_runner(num_cpus: float = 1.0, num_gpus: float = 0.0,
                       checkpoint_uri: str | None = None,
-                      max_concurrent: int | None = None) -> MemberRunner:
+                      max_concurrent: int | None = None,
+                      cluster: RayConfig | None = None) -> MemberRunner:
     """A runner that trains the members in a pool of Ray actors.
 
     Args:
@@ -125,7 +142,10 @@ def ray_member_runner(num_cpus: float = 1.0, num_gpus: float = 0.0,
         num_gpus: GPUs per actor, fractions allowed (``ray.num_gpus_per_member``).
         checkpoint_uri: pyarrow file system URI or absolute path that checkpoints go to
             (``ray.checkpoint_uri``); None keeps them in the member directories.
-        max_concurrent: cap on the pool size; None sizes it from the cluster alone.
+        max_concurrent: cap on the pool size; None sizes it from the members (and, on a
+            fixed cluster, what its nodes hold).
+        cluster: the ``ray`` section, for ``ray.max_cpus_per_node``,
+            ``ray.max_gpus_per_node`` and ``ray.resource_wait_s`` (None: their defaults).
 
     Members whose directory already holds their weights are not trained again. The
     returned directories are the jobs' ``directory`` arguments, in order.
@@ -135,9 +155,10 @@ def ray_member_runner(num_cpus: float = 1.0, num_gpus: float = 0.0,
         directories = [Path(job["directory"]) for job in jobs]
         todo = [i for i, d in enumerate(directories) if not (d / WEIGHTS_FILE).exists()]
         if todo:
-            check_resources(num_cpus, num_gpus)
+            check_resources(num_cpus, num_gpus, "member", cluster)
             store = CheckpointStore(checkpoint_uri) if checkpoint_uri else None
-            _train_in_pool(function, jobs, todo, store, num_cpus, num_gpus, max_concurrent)
+            _train_in_pool(function, jobs, todo, store, num_cpus, num_gpus, max_concurrent,
+                           cluster)
         return directories
 
     return run
@@ -145,40 +166,78 @@ def ray_member_runner(num_cpus: float = 1.0, num_gpus: float = 0.0,
 
 def _train_in_pool(function: Callable[..., Path], jobs: Sequence[dict[str, Any]],
                    todo: list[int], store: CheckpointStore | None, num_cpus: float,
-                   num_gpus: float, max_concurrent: int | None) -> None:
+                   num_gpus: float, max_concurrent: int | None,
+                   cluster: RayConfig | None) -> None:
     import ray
-    from ray.util import ActorPool
 
     stored: dict[int, ray.ObjectRef] = {}  # one object per distinct array, by identity
-    shared, rest = [], []
+    shared, rest = {}, {}
     for index in todo:
         for name in SHARED_ARGUMENTS:
             array = jobs[index][name]
             if id(array) not in stored:
                 stored[id(array)] = ray.put(array)
-        shared.append({name: stored[id(jobs[index][name])] for name in SHARED_ARGUMENTS})
-        rest.append({k: v for k, v in jobs[index].items() if k not in SHARED_ARGUMENTS})
-    size = pool_size(node_resources(), num_cpus, num_gpus, len(todo), max_concurrent)
+        shared[index] = {name: stored[id(jobs[index][name])] for name in SHARED_ARGUMENTS}
+        rest[index] = {k: v for k, v in jobs[index].items() if k not in SHARED_ARGUMENTS}
+    nodes = None if elastic(cluster) else node_resources()
+    size = pool_size(nodes, num_cpus, num_gpus, len(todo), max_concurrent)
     run_id = uuid.uuid4().hex[:8]
     actor_class = ray.remote(MemberTrainer)
     actors = [actor_class.options(num_cpus=num_cpus, num_gpus=num_gpus, name=f"{TRAINER_NAME}-"
                                   f"{run_id}-{k}", max_restarts=MAX_RESTARTS,
                                   max_task_retries=MAX_RESTARTS)
               .remote(function, num_cpus, store.uri if store else None) for k in range(size)]
-    logger.info("training %d members in %d Ray actors (num_cpus=%g, num_gpus=%g each)",
+    logger.info("training %d members in up to %d Ray actors (num_cpus=%g, num_gpus=%g each)",
                 len(todo), size, num_cpus, num_gpus)
     try:
-        pool = ActorPool(actors)
-        position = {index: k for k, index in enumerate(todo)}
-        finished = pool.map_unordered(
-            lambda actor, index: actor.train.remote(index, shared[position[index]],
-                                                    rest[position[index]]), todo)
-        for count, index in enumerate(finished, start=1):
-            directory = Path(jobs[index]["directory"])
-            if store is not None:
-                store.download(directory.name, directory)
-            logger.info("member %02d: trained (%d/%d), %s -> %s", index, count, len(todo),
-                        _best_losses(directory), directory)
+        _run_pool(actors, todo, shared, rest, jobs, store, num_cpus, num_gpus, cluster)
     finally:
         for actor in actors:
             ray.kill(actor)
+
+
+def _run_pool(actors: list[Any], todo: list[int], shared: dict[int, Any],
+              rest: dict[int, dict[str, Any]], jobs: Sequence[dict[str, Any]],
+              store: CheckpointStore | None, num_cpus: float, num_gpus: float,
+              cluster: RayConfig | None) -> None:
+    """Hand each member to the next actor that is up and idle, until all are trained."""
+    import ray
+
+    starting = dict(zip(started(actors), range(len(actors)), strict=True))
+    running: dict[Any, tuple[int, int]] = {}  # train ref -> (actor, member)
+    idle: list[int] = []
+    queue = list(todo)
+    waiting = Waiting(f"training {len(todo)} members",
+                      f"{num_cpus:g} CPUs" + (f" and {num_gpus:g} GPUs" if num_gpus else ""),
+                      cluster)
+    finished = 0
+    while queue or running:
+        while queue and idle:
+            k, index = idle.pop(), queue.pop(0)
+            running[actors[k].train.remote(index, shared[index], rest[index])] = (k, index)
+        if not queue and starting:  # nothing left for them: withdraw their demand
+            for k in starting.values():
+                ray.kill(actors[k])
+            starting = {}
+        if not running:
+            if not starting:
+                raise GflowError("every member trainer failed to start")
+            waiting.tick()
+        done, _ = ray.wait([*running, *starting], num_returns=1, timeout=PROGRESS_S / 3)
+        for ref in done:
+            if ref in starting:
+                k = starting.pop(ref)
+                ray.get(ref)  # raises if its constructor failed
+                idle.append(k)
+                logger.info("member trainer %d is up (%d of %d)", k,
+                            len(actors) - len(starting), len(actors))
+                continue
+            k, index = running.pop(ref)
+            ray.get(ref)
+            idle.append(k)
+            finished += 1
+            directory = Path(jobs[index]["directory"])
+            if store is not None:
+                store.download(directory.name, directory)
+            logger.info("member %02d: trained (%d/%d), %s -> %s", index, finished, len(todo),
+                        _best_losses(directory), directory)
