@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import json
 import re
 import shlex
 import shutil
@@ -425,3 +426,39 @@ def test_dockerignore_keeps_the_context_small():
     patterns = set((REPO / ".dockerignore").read_text().split())
     assert {"*", ".venv", "runs", ".git", "**/__pycache__"} <= patterns
     assert {"!pyproject.toml", "!constraints.txt", "!README.md", "!gflow_dist/"} <= patterns
+
+
+def _quantity_gi(text: str) -> float:
+    match = re.fullmatch(r"(\d+)([MGT]i)", text)
+    assert match, f"unexpected quantity {text!r}"
+    return int(match[1]) * {"Mi": 1 / 1024, "Gi": 1, "Ti": 1024}[match[2]]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_ray_pod_plans_its_disk(rendered, overlay):
+    """Ray containers request ephemeral storage that covers their emptyDirs, and every
+    worker spills objects to a sized volume mounted where Ray's spilling config points."""
+    for resource in _applied(rendered[overlay]):
+        for cluster in _cluster_specs(resource):
+            groups = [("head", cluster["headGroupSpec"])] + [
+                ("worker", group) for group in cluster["workerGroupSpecs"]]
+            for role, group in groups:
+                pod = group["template"]["spec"]
+                (container,) = pod["containers"]
+                limits = container["resources"]["limits"]
+                assert "ephemeral-storage" in container["resources"]["requests"]
+                empty_dirs = [v["emptyDir"] for v in pod["volumes"] if "emptyDir" in v]
+                assert all("sizeLimit" in d for d in empty_dirs)
+                assert (sum(_quantity_gi(d["sizeLimit"]) for d in empty_dirs)
+                        <= _quantity_gi(limits["ephemeral-storage"]))
+                if role == "head":
+                    continue
+                env = {e["name"]: e.get("value") for e in container["env"]}
+                spill = json.loads(env["RAY_object_spilling_config"])["params"]["directory_path"]
+                (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == spill]
+                (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+                if overlay == "cpu-local":
+                    assert volume["emptyDir"]["sizeLimit"]
+                else:
+                    claim = volume["ephemeral"]["volumeClaimTemplate"]["spec"]
+                    assert _quantity_gi(claim["resources"]["requests"]["storage"]) >= 200
