@@ -62,3 +62,37 @@ def test_changing_the_evaluation_keeps_the_trained_model(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="gflow_dist.pipeline"):
         pipeline.train_one(retrained, "enbid", tmp_path, runners)
     assert "already trained" not in caplog.text
+
+
+def test_the_whole_job_runs_in_this_process_with_the_local_runners(tmp_path):
+    """The cluster is a parameter: the same stages with in-process runners, no Ray."""
+    import json
+    import subprocess
+    import sys
+
+    script = f"""
+import json, sys
+from pathlib import Path
+from gflow_dist import pipeline
+from gflow_dist.config import build_config
+config = build_config({{
+    "galaxy": {{"mock": {{"n_particles": 1500}}}}, "upsamplers": ["cnf", "enbid"],
+    "cnf": {{"ensemble_size": 2, "max_epochs": 2, "patience": 1, "compile": False,
+             "solver_steps": 4}},
+    "sample": {{"total": 3000, "shard_size": 2000, "batch_size": 2048}},
+    "catalog": {{"max_rows_per_partition": 1000}},
+    "evaluate": {{"samples_per_particle": 4, "hidden_units": [64, 32], "batches_per_epoch": 5,
+                  "max_epochs": 2, "patience": 1, "truth_auc": False}}}})
+pipeline.run_all(config, Path({str(tmp_path)!r}), pipeline.local_runners())
+print(json.dumps({{"ray": "ray" in sys.modules}}))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          check=True)
+    assert json.loads(done.stdout.splitlines()[-1]) == {"ray": False}
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["upsamplers"] == ["cnf", "enbid"]
+    for name in ("cnf", "enbid"):
+        manifest = json.loads((tmp_path / "catalog" / name / "hats" / "_manifest.json")
+                              .read_text())
+        assert manifest["rows"] == 3000
+        assert (tmp_path / "figures" / name / "sky_counts.png").exists()
