@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 
-def measure(stars: int, folder: Path) -> dict:
+def measure(stars: int, folder: Path, highest_order: int) -> dict:
     """Build a catalog of ``stars`` stars in this process; the head's costs."""
     import ray
 
@@ -40,14 +40,16 @@ def measure(stars: int, folder: Path) -> dict:
         model = EnbidUpsampler(galaxy.sun_position_kpc, galaxy.r_max_kpc)
         model.fit(galaxy.particles(20_000, seed=1), seed=0).save(model_dir)
     config = build_config({"sample": {"total": stars, "shard_size": 250_000},
-                           "catalog": {"zarr": False}, "ray": {"max_samplers": 2}})
+                           "catalog": {"zarr": False, "highest_order": highest_order},
+                           "ray": {"max_samplers": 2}})
     ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
     start_wall, start_cpu = time.perf_counter(), time.process_time()
     out = folder / f"catalog-{stars}"
     write_catalog(model_dir, stars, 0, out, config, {"seed": "0"},
                   RayCatalogRunner(config.ray))
     make_figures(out / "hats", folder / f"figures-{stars}")
-    result = {"stars": stars, "wall_s": time.perf_counter() - start_wall,
+    result = {"stars": stars, "highest_order": highest_order,
+              "wall_s": time.perf_counter() - start_wall,
               "head_cpu_s": time.process_time() - start_cpu,
               "head_peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     ray.shutdown()
@@ -57,16 +59,19 @@ def measure(stars: int, folder: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stars", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--highest-order", type=int, default=10,
+                        help="catalog.highest_order: the order the stars are counted at")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one is not None:
-        print(json.dumps(measure(args.one, args.folder)))
+        print(json.dumps(measure(args.one, args.folder, args.highest_order)))
         return
     folder = Path(tempfile.mkdtemp(prefix="gflow-head-"))
     for stars in args.stars:
         run = subprocess.run([sys.executable, __file__, "--one", str(stars), "--folder",
-                              str(folder)], check=True, capture_output=True, text=True)
+                              str(folder), "--highest-order", str(args.highest_order)],
+                             check=True, capture_output=True, text=True)
         print(run.stdout.strip().splitlines()[-1], flush=True)
 
 
