@@ -11,6 +11,8 @@ from gflow_dist.data.selection import split_train_test
 
 SUN = (-8.0, 0.0, 0.02)
 R_MAX = 3.5
+BUCKET = "gflow-releases"
+"""The bucket of the ``s3`` fixture's server."""
 
 
 @pytest.fixture(scope="session")
@@ -87,3 +89,33 @@ def drawn_catalog_rows(model_dir, n, seed, config):
             tables.append(catalog_table(stars, first, frame))
             first += len(stars)
     return pa.concat_tables(tables)
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint():
+    """moto's S3 server on 127.0.0.1 with the bucket BUCKET, and the environment boto3 and
+    s3fs read (AWS_ENDPOINT_URL and keys), for the module."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in {"AWS_ENDPOINT_URL": f"http://{host}:{port}",
+                           "AWS_ACCESS_KEY_ID": "gflow-test", "AWS_SECRET_ACCESS_KEY": "secret",
+                           "AWS_DEFAULT_REGION": "us-east-1"}.items():
+            patch.setenv(key, value)
+        boto3.client("s3").create_bucket(Bucket=BUCKET)
+        yield
+    server.stop()
+
+
+@pytest.fixture
+def s3(s3_endpoint, request):
+    """A fresh prefix of the bucket for each test, and a client to inspect it."""
+    import boto3
+
+    client = boto3.client("s3")
+    prefix = request.node.name.replace("_", "-")
+    yield client, f"s3://{BUCKET}/{prefix}"

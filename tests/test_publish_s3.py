@@ -1,7 +1,8 @@
 """Publishing to an S3 bucket: the same guarantees as a folder, over the S3 API.
 
-The bucket is served by moto's S3 server on 127.0.0.1, reached over HTTP by boto3 with the
-same environment variables the cluster's bucket Secret sets (AWS_ENDPOINT_URL and keys).
+The bucket is served by moto's S3 server on 127.0.0.1 (the ``s3`` fixture of conftest.py),
+reached over HTTP by boto3 with the same environment variables the cluster's bucket Secret
+sets (AWS_ENDPOINT_URL and keys).
 """
 
 from __future__ import annotations
@@ -9,15 +10,14 @@ from __future__ import annotations
 import json
 import time
 
-import boto3
 import pytest
-from moto.server import ThreadedMotoServer
 
 from gflow_dist.cli import main
 from gflow_dist.config import load_config
 from gflow_dist.errors import EXIT_INPUT, GflowError
 from gflow_dist.release.stores import S3Store
 from gflow_dist.release.versions import list_versions, publish
+from tests.conftest import BUCKET
 from tests.test_publish import (
     EXPIRED_LOCK,
     USURPER_LOCK,
@@ -26,34 +26,10 @@ from tests.test_publish import (
     race_for_the_lock,
 )
 
-BUCKET = "gflow-releases"
 TINY = [
     "--set", "upsamplers=[enbid]", "--set", "galaxy.mock.n_particles=1200",
     "--set", "sample.total=2000", "--set", "evaluate.enabled=false",
 ]
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    with pytest.MonkeyPatch.context() as patch:
-        for key, value in {"AWS_ENDPOINT_URL": f"http://{host}:{port}",
-                           "AWS_ACCESS_KEY_ID": "gflow-test", "AWS_SECRET_ACCESS_KEY": "secret",
-                           "AWS_DEFAULT_REGION": "us-east-1"}.items():
-            patch.setenv(key, value)
-        boto3.client("s3").create_bucket(Bucket=BUCKET)
-        yield
-    server.stop()
-
-
-@pytest.fixture
-def s3(s3_endpoint, request):
-    """A fresh prefix of the bucket for each test, and a client to inspect it."""
-    client = boto3.client("s3")
-    prefix = request.node.name.replace("_", "-")
-    yield client, f"s3://{BUCKET}/{prefix}"
 
 
 def _keys(client, prefix=""):

@@ -5,6 +5,7 @@
     gflow query runs/mock/catalog/cnf pixels --order 3 --pixel 10 11
     gflow query runs/mock/catalog/cnf counts --order 2
     gflow query runs/mock/catalog/cnf mean-pm --ra 167.47 --dec -4.2 --radius 15
+    gflow query s3://BUCKET/releases/mock/latest/catalog/cnf cone --ra 130 --dec -45 --radius 5
     gflow plot runs/mock/catalog/cnf --out runs/mock/figures/cnf
 
 Results go to stdout, progress to the log (stderr). Like :mod:`gflow_dist.cli`, this module
@@ -27,7 +28,10 @@ PREVIEW_ROWS = 10
 def add_query_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("query", help="cone, pixel, count and proper-motion queries "
                                  "over a written catalog (Dask, lsdb)")
-    parser.add_argument("catalog", type=Path, help="DIR/catalog/<name> or its hats/ folder")
+    # a str, not a Path: Path("s3://b/k") would collapse the "//"
+    parser.add_argument("catalog", help="DIR/catalog/<name> or its hats/ folder; in a "
+                        "published release ROOT/NAME/latest/catalog/<name> (or v=...), "
+                        "ROOT a folder or s3://BUCKET/PREFIX")
     kinds = parser.add_subparsers(dest="query", required=True)
 
     def cone_arguments(command: argparse.ArgumentParser) -> None:

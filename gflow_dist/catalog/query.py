@@ -9,7 +9,9 @@ exactly (cone: great-circle distance from (ra, dec) [deg]; pixels: ``_healpix_29
 inside the pixels). Frames come back lazy (Dask, index ``_healpix_29``, one partition
 per HEALPix partition; a region without stars gives one empty partition); :func:`export`
 streams one to Parquet or CSV a partition at a time. ``path`` may be the HATS folder or
-the catalog folder ``DIR/catalog/<name>`` that holds it as ``hats/``.
+the catalog folder ``DIR/catalog/<name>`` that holds it as ``hats/``, local or in a bucket,
+also inside a published release: ``s3://BUCKET/PREFIX/NAME/latest/catalog/<name>`` (or
+``.../v=<version>/...``; see :mod:`gflow_dist.release.paths`).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from gflow_dist.catalog.observables import COLUMN_UNITS
 from gflow_dist.catalog.skymaps import read_star_counts, skymap_order
 from gflow_dist.errors import AccessError, InputError
 from gflow_dist.outputs import UNIT_KEY
+from gflow_dist.release.paths import Location, release_path
 
 EXPORT_SUFFIXES = (".parquet", ".csv")
 
@@ -43,9 +46,10 @@ SearchFilter = (lsdb.ConeSearch | lsdb.PixelSearch | lsdb.OrderSearch | lsdb.Box
                 | lsdb.PolygonSearch | lsdb.MOCSearch | lsdb.IndexSearch)
 
 
-def hats_path(path: str | Path) -> Path:
-    """The HATS folder: ``path`` itself, or ``path/hats`` for a catalog folder."""
-    path = Path(path)
+def hats_path(path: str | Path | Location) -> Location:
+    """The HATS folder: ``path`` itself, or ``path/hats`` for a catalog folder; a release's
+    ``latest`` is resolved first (:func:`gflow_dist.release.paths.release_path`)."""
+    path = release_path(path)
     for candidate in (path, path / "hats"):
         if (candidate / "hats.properties").exists():
             return candidate
@@ -133,11 +137,12 @@ def counts_per_pixel(path: str | Path, order: int) -> pd.Series:
     partition by partition on Dask's workers.
     """
     check_order(order)
-    if order <= skymap_order(hats_path(path)):
-        counts = read_star_counts(hats_path(path), order)
+    folder = hats_path(path)
+    if order <= skymap_order(folder):
+        counts = read_star_counts(folder, order)
         pixels = np.flatnonzero(counts)
         return pd.Series(counts[pixels], index=pixels, name="count").rename_axis("pixel")
-    frame = _select(open_catalog(path, ["ra"]).to_dask_dataframe(), None)
+    frame = _select(open_catalog(folder, ["ra"]).to_dask_dataframe(), None)
     parts = dask.compute(*[dask.delayed(_pixel_counts)(part, order)
                            for part in frame.to_delayed()])
     counts = pd.concat(parts).groupby(level=0).sum().sort_index().astype(np.int64)

@@ -21,6 +21,7 @@ import numpy as np
 from astropy.io import fits
 from hats.io import get_point_map_file_pointer, get_skymap_file_pointer
 from hats.io.file_io import read_fits_image, write_fits_image
+from upath import UPath
 
 from gflow_dist.catalog.shards import MergedCounts
 from gflow_dist.errors import InputError
@@ -45,18 +46,20 @@ def write_skymaps(folder: Path, counts: MergedCounts) -> dict[str, str]:
     return properties
 
 
-def skymap_order(folder: Path) -> int:
-    """The order of the full sky map in ``folder`` (``hats_skymap_order``)."""
+def skymap_order(folder: Path | UPath) -> int:
+    """The order of the full sky map in ``folder`` (``hats_skymap_order``); ``folder`` may
+    be a UPath into an object store."""
     full = folder / "skymap.fits"
     if not full.exists():
         raise InputError(f"{folder} has no skymap.fits: the catalog was written before "
                          "gflow-dist wrote sky maps; rebuild it with `gflow catalog`")
-    with fits.open(full) as hdus:
+    with full.open("rb") as file, fits.open(file) as hdus:
         return int(hdus[1].header["NSIDE"]).bit_length() - 1
 
 
-def read_star_counts(folder: Path, order: int) -> np.ndarray:
-    """Stars per pixel at ``order`` (12·4^order values) from the maps in ``folder``.
+def read_star_counts(folder: Path | UPath, order: int) -> np.ndarray:
+    """Stars per pixel at ``order`` (12·4^order values) from the maps in ``folder`` (a
+    path, or a UPath into an object store).
 
     Reads the map of the lowest written order at or above ``order`` and sums it down.
     """
