@@ -11,7 +11,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "gflow_dist"
 
-IMPORT_NAMES = {"pyyaml": "yaml", "astropy-healpix": "astropy_healpix"}
+IMPORT_NAMES = {"pyyaml": "yaml", "astropy-healpix": "astropy_healpix",
+                "universal-pathlib": "upath"}
 NOT_IMPORTED = {
     "distributed": "lsdb 0.11 imports it (lsdb.catalog.dataset.healpix_dataset) undeclared",
     "xarray": "the Zarr store is laid out for xarray; the tests open it with xarray",
