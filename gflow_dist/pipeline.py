@@ -69,6 +69,7 @@ TRAINING_KEY_FILE = "training_key.json"
 MemberRunnerFactory = Callable[[RunConfig, str, str], MemberRunner]
 """(config, upsampler name, training key) → the runner that trains that model's members."""
 
+
 @dataclass(frozen=True)
 class Runners:
     """Where each stage's parallel work runs.
