@@ -41,10 +41,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from gflow_dist.catalog.healpix import PartitionPlan, counting_order, plan_partitions
+from gflow_dist.catalog.id_index import INDEX_COLUMN, INDEX_DIR, write_index_metadata
+from gflow_dist.catalog.margins import MARGIN_DIR, margin_order, write_margin_metadata
 from gflow_dist.catalog.partitions import (
     PARTITIONING_KEYS,
     check_partition_rows,
     partition_schema,
+    property_value,
     write_hats_metadata,
 )
 from gflow_dist.catalog.shards import ShardFiles, ShardSpec, merge_shard_counts
@@ -59,6 +62,10 @@ from gflow_dist.upsamplers.base import SPEC_FILE
 SHARDS_DIR = ".shards"
 FIGURE_STARS_FILE = "figure_stars.parquet"
 """In the HATS folder: a uniform random subset of the stars (``catalog.figure_stars``)."""
+HATS_DIR = "hats"
+"""The HATS catalog folder in the catalog folder; the margin and index catalogs are in it."""
+COLLECTION_FILE = "collection.properties"
+"""In the catalog folder: the HATS collection of the catalog, its margin and its index."""
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +81,19 @@ class CatalogRunner(Protocol):
                          dataset: Path) -> dict[int, int]:
         """Write every partition of ``plan`` from the stars of ``shard_files`` with
         :func:`gflow_dist.catalog.partitions.write_partition`; rows per partition index."""
+
+    def write_margins(self, shard_files: list[Path], plan: PartitionPlan, order: int,
+                      schema: pa.Schema, dataset: Path) -> dict[int, int]:
+        """Write the margin file of every partition of ``plan`` whose margin holds stars of
+        ``shard_files``: the rows of :func:`gflow_dist.catalog.margins.assign_margins`
+        (margin pixels of ``order``) grouped by partition, each group written with
+        :func:`gflow_dist.catalog.partitions.write_partition`; rows per written partition
+        index."""
+
+    def write_index(self, shard_files: list[Path], plan: PartitionPlan,
+                    dataset: Path) -> dict[int, int]:
+        """Write the star_id index file of every shard (position k in ``shard_files``) with
+        :func:`gflow_dist.catalog.id_index.write_index_file`; rows per shard position."""
 
 
 def draw_shards(runner: CatalogRunner, model_dir: Path, spec: ShardSpec,
@@ -122,13 +142,14 @@ def write_catalog(model_dir: Path, n: int, seed: int, out_dir: Path, config: Run
                "figure_stars": config.catalog.figure_stars,
                "metadata_sha256": hashlib.sha256(
                    json.dumps(metadata, sort_keys=True).encode()).hexdigest()}
-    hats, folder = out_dir / "hats", out_dir / SHARDS_DIR
+    hats, folder = out_dir / HATS_DIR, out_dir / SHARDS_DIR
     manifest = read_manifest(hats)
     if manifest is None or manifest["request"] != request:
         spec = ShardSpec.from_config(plan, folder, model, config)
         stats = draw_shards(runner, model_dir, spec)
         manifest = _partition_and_publish(plan, stats, folder, hats, name, config, metadata,
                                           request, start, runner)
+    write_collection_properties(out_dir, name)
     if config.catalog.zarr and n <= config.catalog.zarr_max_stars:
         write_zarr_catalog(hats, out_dir / "stars.zarr")
     elif config.catalog.zarr:
@@ -138,6 +159,27 @@ def write_catalog(model_dir: Path, n: int, seed: int, out_dir: Path, config: Run
                        f"{n:,}", f"{config.catalog.zarr_max_stars:,}")
     shutil.rmtree(folder, ignore_errors=True)
     return manifest
+
+
+def write_collection_properties(out_dir: Path, catalog_name: str) -> None:
+    """Write ``out_dir/collection.properties`` (atomically): the HATS collection of
+    ``hats/`` (primary catalog), ``hats/margin`` (default margin) and ``hats/index`` (index
+    on star_id), so that ``lsdb.open_catalog(out_dir)`` opens the catalog with its margin
+    and ``id_search`` finds its index. Its content depends on the catalog name alone."""
+    text = "\n".join([
+        "#HATS Collection",
+        f"obs_collection={property_value(catalog_name)}",
+        f"hats_primary_table_url={HATS_DIR}",
+        f"all_margins={HATS_DIR}/{MARGIN_DIR}",
+        f"default_margin={HATS_DIR}/{MARGIN_DIR}",
+        f"all_indexes={INDEX_COLUMN} {HATS_DIR}/{INDEX_DIR}",
+        f"default_index={INDEX_COLUMN}", ""])
+    path = out_dir / COLLECTION_FILE
+    if path.exists() and path.read_text() == text:
+        return
+    partial = path.with_name(f".{COLLECTION_FILE}.partial")
+    partial.write_text(text)
+    partial.replace(path)
 
 
 def write_figure_stars(shard_files: list[Path], path: Path, limit: int,
@@ -189,6 +231,7 @@ def _partition_and_publish(plan: ShardPlan, stats: list[dict], folder: Path, hat
     if partitions.total_rows != plan.total:
         raise RuntimeError(f"the shards' pixel counts hold {partitions.total_rows} stars, the "
                            f"plan {plan.total}; nothing published")
+    order = margin_order(partitions, config.catalog.margin_arcsec)
     staging = staging_folder(hats)
     shutil.rmtree(staging, ignore_errors=True)
     shas = [row["sha256"] for row in stats]
@@ -211,6 +254,17 @@ def _partition_and_publish(plan: ShardPlan, stats: list[dict], folder: Path, hat
                             skymaps)
         write_figure_stars([f.parquet for f in files], staging / FIGURE_STARS_FILE,
                            config.catalog.figure_stars, schema)
+        margin = runner.write_margins([f.parquet for f in files], partitions, order, schema,
+                                      staging / MARGIN_DIR / "dataset")
+        write_margin_metadata(staging / MARGIN_DIR, partitions, margin, schema, name,
+                              config.catalog.margin_arcsec, order)
+        index = runner.write_index([f.parquet for f in files], partitions,
+                                   staging / INDEX_DIR / "dataset")
+        if sum(index.values()) != plan.total:
+            raise RuntimeError(f"the star_id index holds {sum(index.values())} stars, the "
+                               f"plan {plan.total}; nothing published")
+        write_index_metadata(staging / INDEX_DIR, sorted(index), name)
+        manifest["margin_rows"] = sum(margin.values())
         manifest["run"]["seconds"] = time.perf_counter() - start
         write_manifest(staging, manifest)
     except BaseException:
