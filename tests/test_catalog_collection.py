@@ -91,8 +91,8 @@ def test_collection_opens_the_catalog_with_its_margin_and_index(built):
     out, manifest = built
     properties = CollectionProperties.read_from_dir(out)
     assert (out / COLLECTION_FILE).exists() and properties.hats_primary_table_url == "hats"
-    assert properties.default_margin == "hats/margin"
-    assert properties.all_indexes == {"star_id": "hats/index"}
+    assert properties.default_margin == "margin"
+    assert properties.all_indexes == {"star_id": "index"}
     catalog = lsdb.open_catalog(out)
     assert catalog.margin is not None
     assert catalog.margin.hc_structure.catalog_info.margin_threshold == MARGIN_ARCSEC
@@ -107,7 +107,7 @@ def test_margin_holds_other_partitions_stars_near_the_edge(built, stars):
     frames = margin.compute().reset_index()
     assert set(frames.columns) == set(stars.columns)
     for pixel in margin.get_healpix_pixels()[:20]:
-        rows = pq.read_table(built[0] / "hats/margin/dataset" / partition_file(pixel))
+        rows = pq.read_table(built[0] / "margin/dataset" / partition_file(pixel))
         inside = pixel_at_order(rows.column(SPATIAL_INDEX_COLUMN).to_numpy(), pixel.order)
         assert (inside != pixel.pixel).all()
         assert rows.column(SPATIAL_INDEX_COLUMN).to_numpy().tolist() == sorted(
@@ -140,7 +140,7 @@ def test_id_search_reads_only_the_stars_partitions(built, stars):
 
 
 def test_index_maps_every_star_to_its_partition(built, stars):
-    index = pq.read_table(built[0] / "hats/index/dataset").to_pandas()
+    index = pq.read_table(built[0] / "index/dataset").to_pandas()
     assert index["star_id"].tolist() == list(range(N))
     by_id = stars.set_index("star_id").loc[index["star_id"]]
     np.testing.assert_array_equal(
@@ -150,11 +150,11 @@ def test_index_maps_every_star_to_its_partition(built, stars):
 
 def test_rerun_is_a_no_op(built, enbid_model_dir):
     out, manifest = built
-    mtime = (out / "hats/margin/hats.properties").stat().st_mtime_ns
+    mtime = (out / "margin/hats.properties").stat().st_mtime_ns
     again = write_catalog(enbid_model_dir, N, SEED, out, CONFIG, {"upsampler": "enbid"},
                           LocalCatalogRunner())
     assert again == manifest
-    assert (out / "hats/margin/hats.properties").stat().st_mtime_ns == mtime
+    assert (out / "margin/hats.properties").stat().st_mtime_ns == mtime
 
 
 def test_margin_order_must_be_finer_than_the_partitions(built):

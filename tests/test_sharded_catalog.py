@@ -92,17 +92,18 @@ def _partition_tables(hats):
 
 def _assert_equals_reference(hats, reference):
     """The catalog, its margin cache and its star_id index hold the same tables."""
-    for sub in (".", MARGIN_DIR, INDEX_DIR):
-        ours, theirs = _partition_tables(hats / sub), _partition_tables(reference / sub)
+    for sub in (hats.name, MARGIN_DIR, INDEX_DIR):
+        ours, theirs = (_partition_tables(hats.parent / sub),
+                        _partition_tables(reference.parent / sub))
         assert ours.keys() == theirs.keys() and len(ours) > 1, sub
         for name, table in ours.items():
             assert table.equals(theirs[name]), name
-        assert (pq.read_schema(hats / sub / "dataset" / "_common_metadata")
-                .equals(pq.read_schema(reference / sub / "dataset" / "_common_metadata"),
+        assert (pq.read_schema(hats.parent / sub / "dataset" / "_common_metadata")
+                .equals(pq.read_schema(reference.parent / sub / "dataset" / "_common_metadata"),
                         check_metadata=True))
-    for sub in (".", MARGIN_DIR):
-        assert (hats / sub / "partition_info.csv").read_text() == (
-            reference / sub / "partition_info.csv").read_text()
+    for sub in (hats.name, MARGIN_DIR):
+        assert (hats.parent / sub / "partition_info.csv").read_text() == (
+            reference.parent / sub / "partition_info.csv").read_text()
     assert (hats.parent / COLLECTION_FILE).read_text() == (
         reference.parent / COLLECTION_FILE).read_text()
 

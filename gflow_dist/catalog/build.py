@@ -1,26 +1,34 @@
 """Build a catalog from a saved model: draw shards, plan partitions, write HATS, publish.
 
-``out_dir/hats`` (HATS Parquet, :mod:`gflow_dist.catalog.partitions`) and
-``out_dir/stars.zarr`` (:mod:`gflow_dist.catalog.zarr_writer`) are published all or
-nothing, in three steps; where the work runs is the injected :class:`CatalogRunner`'s
-business (:class:`gflow_dist.catalog.local.LocalCatalogRunner` here, one shard after
-another; ``gflow_dist.distributed.catalog_stages.RayCatalogRunner`` on a Ray cluster):
+``out_dir`` becomes a HATS collection: ``out_dir/hats`` (the catalog, HATS Parquet,
+:mod:`gflow_dist.catalog.partitions`), ``out_dir/margin`` (its margin cache,
+:mod:`gflow_dist.catalog.margins`), ``out_dir/index`` (its star_id index,
+:mod:`gflow_dist.catalog.id_index`) and ``out_dir/collection.properties``, so that
+``lsdb.open_catalog(out_dir)`` opens the catalog with its margin and index; with
+``out_dir/stars.zarr`` (:mod:`gflow_dist.catalog.zarr_writer`) it is built in three
+steps; where the work runs is the injected :class:`CatalogRunner`'s business
+(:class:`gflow_dist.catalog.local.LocalCatalogRunner` here, one shard after another;
+``gflow_dist.distributed.catalog_stages.RayCatalogRunner`` on a Ray cluster):
 
 1. **Draw.** Every shard of the plan is drawn (or a complete one reused) into the staging
    folder ``out_dir/.shards`` (:mod:`gflow_dist.catalog.shards`).
 2. **Partition.** The shards' merged pixel counts give the partition plan
    (:mod:`gflow_dist.catalog.healpix`); the runner writes every partition, sorted, from
-   the shard files, and its row count is checked against the plan.
+   the shard files, and its row count is checked against the plan; then the margin file
+   of every partition and the star_id index file of every shard.
 3. **Publish.** The HATS metadata, the sky maps of the merged pixel counts
    (:mod:`gflow_dist.catalog.skymaps`), the figure stars (:data:`FIGURE_STARS_FILE`, the
-   first shards' stars) and the manifest are added, the folder is swapped into place
-   (:func:`gflow_dist.outputs.publish_folder`), the Zarr store is built from it (up to
+   first shards' stars) and the manifest are added, the margin and index metadata too;
+   the three folders, each written whole in its staging folder, are swapped into place
+   (:func:`gflow_dist.outputs.publish_folder`) one after the other, ``hats`` with its
+   manifest last, and ``collection.properties`` is written; the Zarr store is built from it (up to
    ``catalog.zarr_max_stars`` stars) and the shard staging is removed. The manifest's
-   request (model hash, n, seed, shard and batch size, partitioning, figure stars, frame,
-   metadata) makes a rerun with the same inputs a no-op.
+   request (model hash, n, seed, shard and batch size, partitioning and margin, figure
+   stars, frame, metadata) makes a rerun with the same inputs a no-op; a run that stopped
+   between the swaps left the old manifest, so its rerun rebuilds all three.
 
 Nothing in this process grows with the number of stars: it merges per-pixel counts,
-writes per-partition metadata and copies at most ``catalog.figure_stars`` stars; the
+writes per-partition and per-shard metadata and copies at most ``catalog.figure_stars`` stars; the
 stars themselves are drawn and written by the runner's workers. Only the Zarr copy reads
 every star here, hence its cap.
 
@@ -63,7 +71,7 @@ SHARDS_DIR = ".shards"
 FIGURE_STARS_FILE = "figure_stars.parquet"
 """In the HATS folder: a uniform random subset of the stars (``catalog.figure_stars``)."""
 HATS_DIR = "hats"
-"""The HATS catalog folder in the catalog folder; the margin and index catalogs are in it."""
+"""The HATS catalog in the catalog folder; its margin and index are its siblings."""
 COLLECTION_FILE = "collection.properties"
 """In the catalog folder: the HATS collection of the catalog, its margin and its index."""
 
@@ -109,22 +117,24 @@ def draw_shards(runner: CatalogRunner, model_dir: Path, spec: ShardSpec,
 
 def write_catalog(model_dir: Path, n: int, seed: int, out_dir: Path, config: RunConfig,
                   metadata: dict[str, str], runner: CatalogRunner) -> dict:
-    """Draw ``n`` stars of the saved model in shards and publish ``out_dir/hats`` (+ Zarr).
+    """Draw ``n`` stars of the saved model in shards and publish the HATS collection
+    ``out_dir`` (``hats/``, ``margin/``, ``index/``, ``collection.properties``) + Zarr.
 
     Args:
         model_dir: a saved upsampler (``spec.json`` + weights) on storage every worker sees.
         n: stars in the catalog; star_id runs 0..n-1.
         seed: the draw's seed; shard k draws with ``shard_seed(seed, k)``.
-        out_dir: the catalog folder: ``hats/``, ``stars.zarr`` (``catalog.zarr``) and,
-            while running, the shard staging ``.shards/``.
+        out_dir: the catalog folder: the collection, ``stars.zarr`` (``catalog.zarr``)
+            and, while running, the shard staging ``.shards/``.
         config: ``sample.shard_size``, ``sample.batch_size``, the ``catalog`` partitioning
-            and the Solar frame (``galaxy``).
+            and margin (``catalog.margin_arcsec`` [arcsec]) and the Solar frame (``galaxy``).
         metadata: flat provenance strings, stored in the schema metadata and as
             ``gflow_<key>`` in ``hats.properties``.
-        runner: where the shards are drawn and the partitions written.
+        runner: where the shards are drawn and the partitions, margins and index written.
 
     Returns the HATS manifest: ``request``, ``rows``, ``partitions`` [[order, pixel, rows]],
-    ``content_sha256``, per-shard ``shards`` [[index, rows, sha256]] and ``run``: shards
+    ``content_sha256``, per-shard ``shards`` [[index, rows, sha256]], ``margin_rows``
+    (stars in the margin cache, counted once per partition they serve) and ``run``: shards
     ``sampled`` or ``reused`` from the staging, ``sample_seconds`` and ``seconds`` (wall
     time to the end of the sampling and of the partition writing) and ``workers`` (per
     sampling process: shards, rows, draw seconds, peak RSS [MiB]) of the run that wrote it;
@@ -147,7 +157,7 @@ def write_catalog(model_dir: Path, n: int, seed: int, out_dir: Path, config: Run
     if manifest is None or manifest["request"] != request:
         spec = ShardSpec.from_config(plan, folder, model, config)
         stats = draw_shards(runner, model_dir, spec)
-        manifest = _partition_and_publish(plan, stats, folder, hats, name, config, metadata,
+        manifest = _partition_and_publish(plan, stats, folder, out_dir, name, config, metadata,
                                           request, start, runner)
     write_collection_properties(out_dir, name)
     if config.catalog.zarr and n <= config.catalog.zarr_max_stars:
@@ -163,16 +173,16 @@ def write_catalog(model_dir: Path, n: int, seed: int, out_dir: Path, config: Run
 
 def write_collection_properties(out_dir: Path, catalog_name: str) -> None:
     """Write ``out_dir/collection.properties`` (atomically): the HATS collection of
-    ``hats/`` (primary catalog), ``hats/margin`` (default margin) and ``hats/index`` (index
-    on star_id), so that ``lsdb.open_catalog(out_dir)`` opens the catalog with its margin
-    and ``id_search`` finds its index. Its content depends on the catalog name alone."""
+    ``hats/`` (primary catalog), ``margin/`` (default margin) and ``index/`` (index on
+    star_id), so that ``lsdb.open_catalog(out_dir)`` opens the catalog with its margin and
+    ``id_search`` finds its index. Its content depends on the catalog name alone."""
     text = "\n".join([
         "#HATS Collection",
         f"obs_collection={property_value(catalog_name)}",
         f"hats_primary_table_url={HATS_DIR}",
-        f"all_margins={HATS_DIR}/{MARGIN_DIR}",
-        f"default_margin={HATS_DIR}/{MARGIN_DIR}",
-        f"all_indexes={INDEX_COLUMN} {HATS_DIR}/{INDEX_DIR}",
+        f"all_margins={MARGIN_DIR}",
+        f"default_margin={MARGIN_DIR}",
+        f"all_indexes={INDEX_COLUMN} {INDEX_DIR}",
         f"default_index={INDEX_COLUMN}", ""])
     path = out_dir / COLLECTION_FILE
     if path.exists() and path.read_text() == text:
@@ -215,7 +225,7 @@ def _worker_stats(stats: list[dict]) -> list[dict]:
     return sorted(workers.values(), key=lambda worker: worker["pid"])
 
 
-def _partition_and_publish(plan: ShardPlan, stats: list[dict], folder: Path, hats: Path,
+def _partition_and_publish(plan: ShardPlan, stats: list[dict], folder: Path, out_dir: Path,
                            name: str, config: RunConfig, metadata: dict[str, str],
                            request: dict, start: float, runner: CatalogRunner) -> dict:
     files = [ShardFiles.of(folder, row["index"]) for row in stats]
@@ -232,8 +242,12 @@ def _partition_and_publish(plan: ShardPlan, stats: list[dict], folder: Path, hat
         raise RuntimeError(f"the shards' pixel counts hold {partitions.total_rows} stars, the "
                            f"plan {plan.total}; nothing published")
     order = margin_order(partitions, config.catalog.margin_arcsec)
-    staging = staging_folder(hats)
-    shutil.rmtree(staging, ignore_errors=True)
+    # published in this order: the catalog, whose manifest a rerun checks, comes last
+    stagings = {staging_folder(out_dir / sub): out_dir / sub
+                for sub in (MARGIN_DIR, INDEX_DIR, HATS_DIR)}
+    margin_staging, index_staging, staging = stagings
+    for path in stagings:
+        shutil.rmtree(path, ignore_errors=True)
     shas = [row["sha256"] for row in stats]
     manifest = {"request": request, "rows": partitions.total_rows,
                 "partitions": [[p.order, p.pixel, c]
@@ -255,20 +269,22 @@ def _partition_and_publish(plan: ShardPlan, stats: list[dict], folder: Path, hat
         write_figure_stars([f.parquet for f in files], staging / FIGURE_STARS_FILE,
                            config.catalog.figure_stars, schema)
         margin = runner.write_margins([f.parquet for f in files], partitions, order, schema,
-                                      staging / MARGIN_DIR / "dataset")
-        write_margin_metadata(staging / MARGIN_DIR, partitions, margin, schema, name,
+                                      margin_staging / "dataset")
+        write_margin_metadata(margin_staging, partitions, margin, schema, name,
                               config.catalog.margin_arcsec, order)
         index = runner.write_index([f.parquet for f in files], partitions,
-                                   staging / INDEX_DIR / "dataset")
+                                   index_staging / "dataset")
         if sum(index.values()) != plan.total:
             raise RuntimeError(f"the star_id index holds {sum(index.values())} stars, the "
                                f"plan {plan.total}; nothing published")
-        write_index_metadata(staging / INDEX_DIR, sorted(index), name)
+        write_index_metadata(index_staging, sorted(index), name)
         manifest["margin_rows"] = sum(margin.values())
         manifest["run"]["seconds"] = time.perf_counter() - start
         write_manifest(staging, manifest)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        for path in stagings:
+            shutil.rmtree(path, ignore_errors=True)
         raise
-    publish_folder(staging, hats)
+    for path, published in stagings.items():
+        publish_folder(path, published)
     return manifest

@@ -1,6 +1,6 @@
 """The index catalog on ``star_id``: which partition holds a star, without a full scan.
 
-Layout (hats ``catalog_type=index``, ``indexing_column=star_id``, in ``<hats>/index/``)::
+Layout (hats ``catalog_type=index``, ``indexing_column=star_id``, ``DIR/catalog/<name>/index/``)::
 
     index/hats.properties, properties
     index/dataset/shard=NNNNNNN.parquet     star_id, Norder, Dir, Npix of one shard's stars
@@ -27,7 +27,7 @@ from hats.pixel_math.spatial_index import SPATIAL_INDEX_COLUMN
 from gflow_dist.catalog.healpix import PartitionPlan
 
 INDEX_DIR = "index"
-"""The index catalog's folder inside the HATS catalog folder."""
+"""The index catalog's folder in the catalog folder, next to ``hats/``."""
 INDEX_COLUMN = "star_id"
 _ROW_GROUP_ROWS = 1_000_000
 

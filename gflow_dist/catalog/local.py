@@ -48,6 +48,8 @@ class _Spill:
 
     def add(self, records: np.ndarray, partition: np.ndarray) -> None:
         """Append ``records`` to the spill files of their ``partition`` indices."""
+        if len(records) == 0:
+            return
         self._buffer.append((records, partition))
         self._buffered += len(records)
         if self._buffered >= self.buffer_rows:

@@ -2,7 +2,7 @@
 
 A spatial join (``lsdb`` ``crossmatch``) works one partition at a time; a star near the
 edge of partition P has its nearest neighbours partly in the partitions around P. The
-margin catalog (hats ``catalog_type=margin``, in ``<hats>/margin/``) holds, for every
+margin catalog (hats ``catalog_type=margin``, ``DIR/catalog/<name>/margin/``) holds, for every
 partition P, the stars of the other partitions that lie within ``catalog.margin_arcsec``
 [arcsec] of P's boundary, in ``margin/dataset/Norder=K/Dir=D/Npix=N.parquet`` (P's own
 path; partitions without such stars get no file), with the catalog's columns and
@@ -41,7 +41,7 @@ from gflow_dist.catalog.partitions import PARTITION_COLUMN, partition_file
 from gflow_dist.errors import InputError
 
 MARGIN_DIR = "margin"
-"""The margin catalog's folder inside the HATS catalog folder."""
+"""The margin catalog's folder in the catalog folder, next to ``hats/``."""
 
 
 def margin_order(plan: PartitionPlan, margin_arcsec: float) -> int:
