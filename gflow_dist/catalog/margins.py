@@ -2,19 +2,19 @@
 
 A spatial join (``lsdb`` ``crossmatch``) works one partition at a time; a star near the
 edge of partition P has its nearest neighbours partly in the partitions around P. The
-margin catalog (hats ``catalog_type=margin``, ``DIR/catalog/<name>/margin/``) holds, for every
-partition P, the stars of the other partitions that lie within ``catalog.margin_arcsec``
-[arcsec] of P's boundary, in ``margin/dataset/Norder=K/Dir=D/Npix=N.parquet`` (P's own
-path; partitions without such stars get no file), with the catalog's columns and
-schema, sorted and encoded like the partitions (:func:`gflow_dist.catalog.partitions.
-write_partition`).
+margin catalog (hats ``catalog_type=margin``, ``DIR/catalog/<name>/margin/``) holds, for
+every partition P, the stars of the other partitions that lie within
+``catalog.margin_arcsec`` [arcsec] of P's boundary, in
+``margin/dataset/Norder=K/Dir=D/Npix=N.parquet`` (P's own path; partitions without such
+stars get no file), with the catalog's columns and schema, sorted and encoded like the
+partitions (:func:`gflow_dist.catalog.partitions.write_partition`).
 
 As in hats-import and ``lsdb.from_dataframe``, stars are selected by HEALPix pixel at the
 margin order (:func:`margin_order`): the finest order whose pixels are at least
 ``margin_arcsec`` wide, so the margin of P is every star in the pixels of that order
 bordering P (``hats.pixel_math.get_margin``). That holds every star within
-``margin_arcsec`` of P's boundary, and some a little farther (up to one margin pixel,
-about 2 × ``margin_arcsec``).
+``margin_arcsec`` of P's boundary, and some farther, up to one margin pixel away (for
+the default 10″: order 13, pixels at least 16″ and on average 26″ across).
 
 The workers write it from the shards like the partitions: :func:`assign_margins` copies
 each star once per partition whose margin it lies in (:data:`PARTITION_COLUMN` = that
@@ -53,6 +53,8 @@ def margin_order(plan: PartitionPlan, margin_arcsec: float) -> int:
             would not lie outside one partition.
     """
     order = int(hp.margin2order(margin_thr_arcmin=margin_arcsec / 60.0))
+    while order > 0 and hp.order2mindist(order) * 60 < margin_arcsec:
+        order -= 1
     finest = max(pixel.order for pixel in plan.pixels)
     if order <= finest or order > SPATIAL_INDEX_ORDER:
         raise InputError(
