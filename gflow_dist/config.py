@@ -263,6 +263,11 @@ class CatalogConfig(_Frozen):
         "sorted by _healpix_29, so smaller groups let cone and pixel filters skip more of a "
         "file (each group's min/max statistics are in the footer and in _metadata)"
     )
+    margin_arcsec: float = Field(
+        10.0, gt=0, le=3600, description="margin cache threshold [arcsec]: for each partition "
+        "the HATS collection also holds the other partitions' stars within this distance of "
+        "its boundary, so lsdb crossmatches find neighbours across partition edges"
+    )
     figure_window_deg: Vector3 = Field(
         (167.47, -4.2, 15.0), description="(ra, dec, radius) [deg] of the sky window the "
         "figures show; the paper's Figs. 1, 3–5 window by default"

@@ -14,6 +14,8 @@ Output layout under ``out``:
   (per-member checkpoints and loss curves);
 - ``catalog/<name>/hats/`` (HATS Parquet: lsdb, Dask) and ``catalog/<name>/stars.zarr``
   (xarray): stars drawn in seeded shards with their observables, partitioned by HEALPix;
+  with ``margin/``, ``index/`` and ``collection.properties``, ``catalog/<name>`` is the
+  HATS collection of the catalog, its margin cache and its star_id index;
 - ``samples/<name>/``, written by ``gflow sample`` only: the same stars (same star_id,
   same shards) as flat Parquet parts of x…vz, drawn in one process;
 - ``figures/<name>/``: the paper's figures from each catalog;

@@ -201,9 +201,14 @@ def test_rerun_is_a_no_op_and_the_output_is_independent_of_the_spill_buffer(
     shutil.rmtree(other, ignore_errors=True)
     write_catalog(enbid_model_dir, N_STARS, SEED, other, ADAPTIVE, METADATA,
                   LocalCatalogRunner(spill_rows=500, batch_rows=333))
-    for path in (written / "dataset").rglob("Npix=*.parquet"):
-        assert (other / "hats" / path.relative_to(written)).read_bytes() == path.read_bytes()
-    assert sorted(p.name for p in other.iterdir()) == ["hats"]
+    for sub in ("hats", "margin", "index"):
+        files = list((written.parent / sub / "dataset").rglob("*.parquet"))
+        assert files, sub
+        for path in files:
+            copy = other / path.relative_to(written.parent)
+            assert copy.read_bytes() == path.read_bytes(), copy
+    assert sorted(p.name for p in other.iterdir()) == [
+        "collection.properties", "hats", "index", "margin"]
 
 
 class _FailingRunner(LocalCatalogRunner):
@@ -224,12 +229,25 @@ def test_changed_inputs_replace_the_catalog_and_failures_leave_it_untouched(enbi
                            LocalCatalogRunner())
     assert (first["rows"], second["rows"]) == (4000, 5000)
     assert hats.read_hats(out / "hats").catalog_info.total_rows == 5000
-    with pytest.raises(OSError, match="disk full"):
-        write_catalog(enbid_model_dir, 6000, SEED, out, config, METADATA, _FailingRunner())
-    assert read_manifest(out / "hats") == second
-    assert hats.read_hats(out / "hats").catalog_info.total_rows == 5000
-    # the drawn shards stay for the next run to reuse; no half-written catalog is left
-    assert sorted(p.name for p in out.iterdir()) == [".shards", "hats"]
+    margin = hats.read_hats(out / "margin").catalog_info.total_rows
+    assert margin == second["margin_rows"] > 0
+    for runner in (_FailingRunner(), _FailingIndexRunner()):
+        with pytest.raises(OSError, match="disk full"):
+            write_catalog(enbid_model_dir, 6000, SEED, out, config, METADATA, runner)
+        assert read_manifest(out / "hats") == second
+        assert hats.read_hats(out / "hats").catalog_info.total_rows == 5000
+        assert hats.read_hats(out / "margin").catalog_info.total_rows == margin
+        assert hats.read_hats(out / "index").catalog_info.total_rows == 5000
+        # the drawn shards stay for the next run to reuse; no half-written catalog is left
+        assert sorted(p.name for p in out.iterdir()) == [
+            ".shards", "collection.properties", "hats", "index", "margin"]
+
+
+class _FailingIndexRunner(LocalCatalogRunner):
+    """Writes the partitions and margins, then fails writing the star_id index."""
+
+    def write_index(self, *args, **kwargs):
+        raise OSError("disk full")
 
 
 def test_rows_without_a_unit_or_of_other_types_are_rejected(full_table):

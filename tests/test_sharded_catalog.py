@@ -13,8 +13,10 @@ import pytest
 import xarray as xr
 
 from gflow_dist import upsamplers
-from gflow_dist.catalog.build import SHARDS_DIR, draw_shards, write_catalog
+from gflow_dist.catalog.build import COLLECTION_FILE, SHARDS_DIR, draw_shards, write_catalog
+from gflow_dist.catalog.id_index import INDEX_DIR
 from gflow_dist.catalog.local import LocalCatalogRunner
+from gflow_dist.catalog.margins import MARGIN_DIR
 from gflow_dist.catalog.shards import ShardSpec, draw_shard
 from gflow_dist.config import RunConfig
 from gflow_dist.distributed.catalog_stages import (
@@ -84,20 +86,26 @@ def sharded(ray_cluster, model_dir, tmp_path_factory):
 
 
 def _partition_tables(hats):
-    files = sorted((hats / "dataset").glob("Norder=*/Dir=*/Npix=*.parquet"))
+    files = sorted((hats / "dataset").glob("**/*.parquet"))
     return {f.relative_to(hats): pq.read_table(f) for f in files}
 
 
 def _assert_equals_reference(hats, reference):
-    ours, theirs = _partition_tables(hats), _partition_tables(reference)
-    assert ours.keys() == theirs.keys() and len(ours) > 1
-    for name, table in ours.items():
-        assert table.equals(theirs[name]), name
-    assert (pq.read_schema(hats / "dataset" / "_common_metadata")
-            .equals(pq.read_schema(reference / "dataset" / "_common_metadata"),
-                    check_metadata=True))
-    assert (hats / "partition_info.csv").read_text() == (
-        reference / "partition_info.csv").read_text()
+    """The catalog, its margin cache and its star_id index hold the same tables."""
+    for sub in (hats.name, MARGIN_DIR, INDEX_DIR):
+        ours, theirs = (_partition_tables(hats.parent / sub),
+                        _partition_tables(reference.parent / sub))
+        assert ours.keys() == theirs.keys() and len(ours) > 1, sub
+        for name, table in ours.items():
+            assert table.equals(theirs[name]), name
+        assert (pq.read_schema(hats.parent / sub / "dataset" / "_common_metadata")
+                .equals(pq.read_schema(reference.parent / sub / "dataset" / "_common_metadata"),
+                        check_metadata=True))
+    for sub in (hats.name, MARGIN_DIR):
+        assert (hats.parent / sub / "partition_info.csv").read_text() == (
+            reference.parent / sub / "partition_info.csv").read_text()
+    assert (hats.parent / COLLECTION_FILE).read_text() == (
+        reference.parent / COLLECTION_FILE).read_text()
 
 
 def _spec(model_dir, folder):
@@ -109,11 +117,11 @@ def _spec(model_dir, folder):
 def test_catalog_opens_in_lsdb_and_equals_the_in_process_build(sharded, in_process, reference):
     out, manifest = sharded
     theirs = in_process[1]
-    for key in ("request", "rows", "partitions", "content_sha256", "shards"):
+    for key in ("request", "rows", "partitions", "content_sha256", "shards", "margin_rows"):
         assert manifest[key] == theirs[key], key
     assert (in_process[0] / "stars.zarr").exists()
     assert not (in_process[0] / SHARDS_DIR).exists()
-    stars = lsdb.open_catalog(out / "hats").compute()
+    stars = lsdb.open_catalog(out).compute()
     assert len(stars) == N == manifest["rows"]
     np.testing.assert_array_equal(np.sort(stars["star_id"].to_numpy()), np.arange(N))
     _assert_equals_reference(out / "hats", reference)

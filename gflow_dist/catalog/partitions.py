@@ -48,8 +48,9 @@ PARTITION_COLUMN = "_partition"
 """Index of a star's partition in the plan, added to the rows while they are grouped."""
 
 PARTITIONING_KEYS = {"partition_order", "highest_order", "max_rows_per_partition",
-                     "row_group_rows"}
-"""The ``catalog`` config keys that decide the partitions, hence the written files."""
+                     "row_group_rows", "margin_arcsec"}
+"""The ``catalog`` config keys that decide the partitions and the margin cache, hence the
+written files."""
 
 ROW_GROUP_KEY = b"gflow_dist.row_group_rows"
 """Schema metadata key with the row-group size :func:`write_partition` writes."""
@@ -115,7 +116,7 @@ def check_partition_rows(rows: dict[int, int], plan: PartitionPlan) -> None:
                            f"{[expected.get(k, 0) for k in wrong[:5]]}; nothing published")
 
 
-def _property_value(text: str) -> str:
+def property_value(text: str) -> str:
     """Escape a value so that the Java-properties reader of hats gives it back unchanged."""
     return (text.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
             .replace("\t", "\\t"))
@@ -142,7 +143,7 @@ def write_hats_metadata(folder: Path, plan: PartitionPlan, schema: pa.Schema,
     pq.write_metadata(schema, dataset / "_metadata", metadata_collector=footers)
     pixels = PartitionInfo.from_healpix(list(plan.pixels))
     pixels.write_to_file(catalog_path=folder)
-    provenance = {f"gflow_{key}": _property_value(str(value)) for key, value in metadata.items()}
+    provenance = {f"gflow_{key}": property_value(str(value)) for key, value in metadata.items()}
     TableProperties(
         catalog_name=catalog_name, catalog_type="object", total_rows=plan.total_rows,
         ra_column="ra", dec_column="dec", healpix_column=SPATIAL_INDEX_COLUMN,

@@ -1,4 +1,4 @@
-"""The catalog build's two heavy steps on a Ray cluster: :class:`RayCatalogRunner`.
+"""The catalog build's heavy steps on a Ray cluster: :class:`RayCatalogRunner`.
 
 The science and the file formats live in :mod:`gflow_dist.catalog` (see
 :mod:`gflow_dist.catalog.build`); this module only places the work:
@@ -16,6 +16,11 @@ The science and the file formats live in :mod:`gflow_dist.catalog` (see
   object store, in one shuffle partition per HEALPix partition, at most
   ``ray.max_samplers``): every group goes to
   :func:`gflow_dist.catalog.partitions.write_partition`.
+- **Margin.** The same shuffle over
+  :func:`gflow_dist.catalog.margins.assign_margins` (each star once per partition whose
+  margin it lies in) writes the margin cache, one file per partition.
+- **Index.** One task per shard file writes its star_id index file
+  (:func:`gflow_dist.catalog.id_index.write_index_file`).
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ import pyarrow as pa
 from gflow_dist import upsamplers
 from gflow_dist.catalog.build import write_catalog
 from gflow_dist.catalog.healpix import PartitionPlan
+from gflow_dist.catalog.id_index import write_index_file
+from gflow_dist.catalog.margins import assign_margins
 from gflow_dist.catalog.partitions import (
     PARTITION_COLUMN,
     assign_partitions,
@@ -83,6 +90,11 @@ def _write_group(table: pa.Table, plan: PartitionPlan, schema: pa.Schema,
     return pa.table({"partition": [index], "rows": [rows]})
 
 
+def _write_index(row: dict, plan: PartitionPlan, dataset: str) -> dict:
+    rows = write_index_file(Path(row["path"]), int(row["shard"]), plan, Path(dataset))
+    return {"shard": row["shard"], "rows": rows}
+
+
 class RayCatalogRunner:
     """Draws shards on a pool of Ray actors and writes partitions with a Ray Data shuffle.
 
@@ -118,17 +130,41 @@ class RayCatalogRunner:
 
     def write_partitions(self, shard_files: list[Path], plan: PartitionPlan, schema: pa.Schema,
                          dataset: Path) -> dict[int, int]:
+        return self._group_and_write(shard_files, plan, schema, dataset, assign_partitions,
+                                     {"plan": plan}, "catalog partitions")
+
+    def write_margins(self, shard_files: list[Path], plan: PartitionPlan, order: int,
+                      schema: pa.Schema, dataset: Path) -> dict[int, int]:
+        return self._group_and_write(shard_files, plan, schema, dataset, assign_margins,
+                                     {"plan": plan, "order": order}, "margin partitions")
+
+    def write_index(self, shard_files: list[Path], plan: PartitionPlan,
+                    dataset: Path) -> dict[int, int]:
+        import ray
+
+        wait_for_node(1.0, 0.0, f"indexing {len(shard_files)} catalog shards", self.config)
+        written = (ray.data.from_items([{"shard": k, "path": str(p)}
+                                        for k, p in enumerate(shard_files)],
+                                       override_num_blocks=max(1, len(shard_files)))
+                   .map(_write_index, fn_kwargs={"plan": plan, "dataset": str(dataset)})
+                   .take_all())
+        return {int(row["shard"]): int(row["rows"]) for row in written}
+
+    def _group_and_write(self, shard_files: list[Path], plan: PartitionPlan, schema: pa.Schema,
+                         dataset: Path, assign: Callable[..., pa.Table], assign_kwargs: dict,
+                         what: str) -> dict[int, int]:
+        """Rows of the shards → ``assign`` (adds the partition index) → group by partition
+        → :func:`_write_group`; rows per written partition index."""
         import ray
         from ray.data.context import ShuffleStrategy
 
         writers = min(len(plan.pixels), self.config.max_samplers or len(plan.pixels))
-        wait_for_node(1.0, 0.0, f"writing {len(plan.pixels)} catalog partitions", self.config)
+        wait_for_node(1.0, 0.0, f"writing {len(plan.pixels)} {what}", self.config)
         stars = ray.data.read_parquet([str(p) for p in shard_files])
         # task-based sort shuffle: no aggregator actors, spills to disk past the object store
         stars.context.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
         written = (stars
-                   .map_batches(assign_partitions, fn_kwargs={"plan": plan},
-                                batch_format="pyarrow")
+                   .map_batches(assign, fn_kwargs=assign_kwargs, batch_format="pyarrow")
                    .groupby(PARTITION_COLUMN, num_partitions=max(1, writers))
                    .map_groups(_write_group, batch_format="pyarrow",
                                fn_kwargs={"plan": plan, "schema": schema,
