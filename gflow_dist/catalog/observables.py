@@ -9,7 +9,7 @@ r = Aᵀ(x − x⊙), v = Aᵀ(u − v⊙), with A the rotation astropy's ICRS �
 transform applies (read off once by transforming the ICRS basis vectors), then spherical
 coordinates and proper motions follow in closed form; Galactic (l, b) use the rotation of
 astropy's ICRS → Galactic transform, read off the same way. It agrees with astropy's own
-transform (:func:`observables_astropy`) to ~1e-11 relative (tests/test_observables.py
+transform (:func:`observables_astropy`) to ~1e-11 relative (tests/catalog/test_observables.py
 states the tolerances) and is 5–7× faster: ~5 M against ~0.7–1 M stars/s on one core
 (``benchmarks/bench_observables.py``). Units: ra, dec, l, b [deg]; distance [kpc];
 parallax [mas] = 1/distance[kpc]; pmra = μ_α* = μ_α cos δ and pmdec [mas/yr];

@@ -31,7 +31,7 @@ from gflow_dist.config import RayConfig
 from gflow_dist.distributed.cluster import check_resources, wait_for_node
 from gflow_dist.errors import GflowError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RAY = str(Path(sys.executable).with_name("ray"))
 
 SMALL_RUN = [  # tests/test_pipeline.py's SMALL_RUN

@@ -27,7 +27,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 RAY = str(BIN / "ray")
 EXCLUDES = json.dumps({"excludes": [".venv", "runs", ".git", "benchmarks"]})

@@ -47,7 +47,7 @@ def kill_while_holding_the_lock(location: str | Path, lock_lease: float) -> int:
     the lock, and return its pid."""
     holder = subprocess.Popen([sys.executable, "-c", HOLD_THE_LOCK, str(location),
                                str(lock_lease)], stdout=subprocess.PIPE, text=True,
-                              cwd=Path(__file__).parents[1])
+                              cwd=Path(__file__).parents[2])
     try:
         assert holder.stdout.readline() == "held\n"
     finally:

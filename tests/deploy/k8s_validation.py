@@ -20,7 +20,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CRDS_DIR = Path(os.environ.get("KUBERAY_CRDS_DIR", REPO.parent / "shared" / "kuberay-crds"))
 KUBERNETES_VERSION = "1.33"
 """Kubernetes minor version the core kinds are validated against (kubectl image pin)."""

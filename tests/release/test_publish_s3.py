@@ -18,7 +18,7 @@ from gflow_dist.errors import EXIT_INPUT, GflowError
 from gflow_dist.release.stores import S3Store
 from gflow_dist.release.versions import list_versions, publish
 from tests.conftest import BUCKET
-from tests.test_publish import (
+from tests.release.test_publish import (
     EXPIRED_LOCK,
     USURPER_LOCK,
     fake_run,

@@ -29,7 +29,7 @@ from packaging.requirements import Requirement
 from gflow_dist.cli import build_parser
 from gflow_dist.config import build_config
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 OVERLAYS = ("cpu-local", "gpu")
 STAGES = ("train", "sample", "evaluate", "run")
