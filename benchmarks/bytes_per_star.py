@@ -1,6 +1,8 @@
-"""Bytes on disk per catalog star: the shard staging, the HATS catalog and the Zarr store.
+"""Bytes on disk per catalog star: shard staging, HATS catalog, margin, index and Zarr store.
 
-`gflow plan` sizes volumes from these numbers (:mod:`gflow_dist.plan`). Simplified-EnBiD
+`gflow plan` sizes volumes from these numbers (:mod:`gflow_dist.plan`). The HATS bytes per
+star count its ``dataset/``; ``hats_extra_bytes`` are the files beside it (sky maps, figure
+stars, metadata), whose size does not grow with the stars past ``catalog.figure_stars``. Simplified-EnBiD
 stars of the mock galaxy go through the in-process catalog build
 (``write_catalog`` with ``LocalCatalogRunner``); the columns and codecs are the same for
 every upsampler, so the bytes per star are too.
@@ -52,8 +54,12 @@ def main() -> None:
     print(json.dumps({
         "stars": args.stars,
         "shard_bytes_per_star": _bytes(root / "shards", "*.parquet") / args.stars,
-        "hats_bytes_per_star": _bytes(root / "catalog" / "hats") / args.stars,
+        "hats_bytes_per_star": _bytes(root / "catalog" / "hats" / "dataset") / args.stars,
+        "hats_extra_bytes": (_bytes(root / "catalog" / "hats")
+                             - _bytes(root / "catalog" / "hats" / "dataset")),
         "zarr_bytes_per_star": _bytes(root / "catalog" / "stars.zarr") / args.stars,
+        "margin_bytes_per_star": _bytes(root / "catalog" / "margin") / args.stars,
+        "index_bytes_per_star": _bytes(root / "catalog" / "index") / args.stars,
         "hats_files": _files(root / "catalog" / "hats"),
         "zarr_files": _files(root / "catalog" / "stars.zarr"),
         "folder": str(root),

@@ -2,8 +2,12 @@
 
 Arithmetic on the config and on numbers measured on this project's machines:
 
-- bytes on disk per star of the shard staging (155 B), the HATS catalog (113 B) and the
-  Zarr store (113 B): ``benchmarks/bytes_per_star.py`` at 10⁶ stars;
+- bytes on disk per star of the shard staging (155 B), the HATS catalog's partitions
+  (113 B), its star_id index (2.4 B), its margin cache (0.25 B with 10⁶ stars in a few
+  large partitions; more as partitions shrink) and the Zarr store (113 B):
+  ``benchmarks/bytes_per_star.py`` at 10⁶ stars. Beside the partitions, the figure stars
+  (``catalog.figure_stars`` × 155 B) and the sky maps (two full maps of 16 B per pixel at
+  ``catalog.highest_order`` at most) do not grow with the stars;
 - bytes per star through the partition shuffle: a catalog row in Arrow (17 columns of
   8 B) plus its partition index, 144 B, held in Ray's object store and spilled to disk
   past its memory;
@@ -32,6 +36,8 @@ from gflow_dist.errors import InputError
 
 SHARD_BYTES_PER_STAR = 155.0
 HATS_BYTES_PER_STAR = 113.0
+INDEX_BYTES_PER_STAR = 2.4
+MARGIN_BYTES_PER_STAR = 0.25
 ZARR_BYTES_PER_STAR = 113.0
 SHUFFLE_BYTES_PER_STAR = 144.0
 PARTITION_ROWS_PER_CPU_S = 125_000.0
@@ -124,8 +130,11 @@ def plan_run(config: RunConfig, train_particles: int | None = None,
     evaluation_stars = (round(config.evaluate.samples_per_particle * n_train)
                         if config.evaluate.enabled and len(config.upsamplers) > 1 else 0)
     drawn = stars + evaluation_stars
-    hats = stars * HATS_BYTES_PER_STAR
-    zarr = stars * ZARR_BYTES_PER_STAR if config.catalog.zarr else 0.0
+    fixed = (min(stars, config.catalog.figure_stars) * SHARD_BYTES_PER_STAR
+             + 2 * 16 * 12 * 4**config.catalog.highest_order)
+    hats = stars * (HATS_BYTES_PER_STAR + INDEX_BYTES_PER_STAR + MARGIN_BYTES_PER_STAR) + fixed
+    with_zarr = config.catalog.zarr and stars <= config.catalog.zarr_max_stars
+    zarr = stars * ZARR_BYTES_PER_STAR if with_zarr else 0.0
     staging = stars * SHARD_BYTES_PER_STAR
     spill = stars * SHUFFLE_BYTES_PER_STAR
     training = (_training_hours(config, n_train, epochs) if "cnf" in config.upsamplers
@@ -178,7 +187,9 @@ def render_plan(plan: Plan, config: RunConfig) -> str:
         f"shards: {plan.shards:,} of {config.sample.shard_size:,} stars; HEALPix partitions: "
         f"~{plan.partitions:,}",
         f"disk{per_model}: shard staging {_size(plan.shard_staging_bytes)} (removed once "
-        f"published), HATS {_size(plan.hats_bytes)}, Zarr {_size(plan.zarr_bytes)}",
+        f"published), HATS {_size(plan.hats_bytes)} (with its index, margin, sky maps and "
+        f"figure stars), Zarr " + (_size(plan.zarr_bytes) if plan.zarr_bytes else
+                                   "none (catalog.zarr off, or above catalog.zarr_max_stars)"),
         f"object-store spill{per_model}: {_size(plan.shuffle_spill_bytes)} through the "
         "partition shuffle",
         "",

@@ -12,6 +12,8 @@ from gflow_dist.errors import EXIT_INPUT, InputError
 from gflow_dist.plan import (
     CPU_STARS_PER_S,
     HATS_BYTES_PER_STAR,
+    INDEX_BYTES_PER_STAR,
+    MARGIN_BYTES_PER_STAR,
     SHUFFLE_BYTES_PER_STAR,
     plan_run,
 )
@@ -23,10 +25,13 @@ def test_ten_billion_stars_plan_from_the_measured_rates():
     config = build_config({"upsamplers": ["cnf"], "sample": {"total": TEN_BILLION}})
     plan = plan_run(config)
     assert plan.shards == 10_000 and plan.partitions == 10_000
-    assert plan.hats_bytes == pytest.approx(TEN_BILLION * HATS_BYTES_PER_STAR)
+    per_star = HATS_BYTES_PER_STAR + INDEX_BYTES_PER_STAR + MARGIN_BYTES_PER_STAR
+    assert plan.hats_bytes == pytest.approx(TEN_BILLION * per_star, rel=1e-3)
+    assert plan.hats_bytes > TEN_BILLION * per_star  # + figure stars and sky maps
     assert plan.shuffle_spill_bytes == pytest.approx(1.44e12)
     assert plan.sampling_cpu_hours["cnf"] == pytest.approx(
         TEN_BILLION / CPU_STARS_PER_S["cnf"] / 3600)
+    assert plan.zarr_bytes == 0  # above catalog.zarr_max_stars
     assert plan.spill_volume_bytes > plan.shuffle_spill_bytes
     assert plan.run_volume_bytes > plan.shard_staging_bytes + plan.hats_bytes + plan.zarr_bytes
 
@@ -59,7 +64,7 @@ def test_gflow_plan_prints_the_plan_for_ten_billion_stars(capsys):
     assert main(["plan", "configs/mock.yaml", "--set", f"sample.total={TEN_BILLION}"]) == 0
     printed = capsys.readouterr().out
     assert "shards: 10,000 of 1,000,000 stars" in printed
-    assert "HATS 1.13 TB" in printed and "object-spilling volume: 1.8 TB" in printed
+    assert "HATS 1.16 TB" in printed and "object-spilling volume: 1.8 TB" in printed
     assert "sampling cnf: 96.8 h of CPU workers, or 2.96 h of H200s" in printed
     assert main(["plan", "configs/mock.yaml", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["stars"] == 200_000
