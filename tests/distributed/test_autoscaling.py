@@ -30,19 +30,11 @@ import yaml
 from gflow_dist.config import RayConfig
 from gflow_dist.distributed.cluster import check_resources, wait_for_node
 from gflow_dist.errors import GflowError
+from tests.test_pipeline import SMALL_RUN
 
 REPO = Path(__file__).resolve().parents[2]
 RAY = str(Path(sys.executable).with_name("ray"))
 
-SMALL_RUN = [  # tests/test_pipeline.py's SMALL_RUN
-    "--set", "galaxy.mock.n_particles=1500", "--set", "cnf.ensemble_size=2",
-    "--set", "cnf.max_epochs=2", "--set", "cnf.patience=1", "--set", "cnf.compile=false",
-    "--set", "cnf.solver_steps=4", "--set", "sample.total=5000", "--set", "sample.batch_size=2048",
-    "--set", "sample.shard_size=2000",
-    "--set", "evaluate.samples_per_particle=4", "--set", "evaluate.hidden_units=[64, 32]",
-    "--set", "evaluate.batches_per_epoch=5", "--set", "evaluate.max_epochs=2",
-    "--set", "evaluate.patience=1", "--set", "catalog.max_rows_per_partition=1000",
-]
 STARS = 5000
 
 
