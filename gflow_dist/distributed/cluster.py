@@ -231,7 +231,7 @@ class Waiting:
         self.what, self.each = what, each
         self.limit = config.resource_wait_s if config is not None else RayConfig().resource_wait_s
         self.start = time.monotonic()
-        self.said = self.start - PROGRESS_S  # the first tick speaks
+        self.said = self.start  # silent for the first PROGRESS_S: workers take seconds to start
 
     def tick(self) -> None:
         """Log progress now and then; raise GflowError past the limit."""
@@ -243,9 +243,9 @@ class Waiting:
                 f"{self.limit:g} s; check that the autoscaler may add such a node (its worker "
                 "types and max replicas), lower the request, or raise ray.resource_wait_s")
         if now - self.said >= PROGRESS_S:
-            logger.info("%s: waiting for a node with %s (the autoscaler must add one), "
-                        "%.0f of ray.resource_wait_s=%g s", self.what, self.each, waited,
-                        self.limit)
+            logger.info("%s: waiting for a node with %s (workers still starting, or the "
+                        "autoscaler adding a node), %.0f of ray.resource_wait_s=%g s",
+                        self.what, self.each, waited, self.limit)
             self.said = now
 
 
