@@ -11,8 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 Proposer = Callable[[int, np.random.Generator], np.ndarray]
 """Draws (count, 6) candidate stars [kpc, km/s] from a generator."""
@@ -40,6 +44,18 @@ class SelectionWindow:
         distance = np.linalg.norm(phase_space[:, :3] - np.asarray(self.sun_position_kpc), axis=1)
         speed = np.linalg.norm(phase_space[:, 3:], axis=1)
         finite = np.isfinite(phase_space).all(axis=1)
+        return finite & (distance < self.r_max_kpc) & (speed <= self.max_speed_kms)
+
+    def contains_tensor(self, phase_space: torch.Tensor) -> torch.Tensor:
+        """:meth:`contains` on an (n, 6) tensor [kpc, km/s], on its device, in float64.
+
+        Returns the (n,) bool mask; float64 rows give exactly the mask of :meth:`contains`.
+        """
+        rows = phase_space.double()
+        offset = rows[:, :3] - rows.new_tensor(self.sun_position_kpc)
+        distance = (offset[:, 0] ** 2 + offset[:, 1] ** 2 + offset[:, 2] ** 2).sqrt()
+        speed = (rows[:, 3] ** 2 + rows[:, 4] ** 2 + rows[:, 5] ** 2).sqrt()
+        finite = rows.isfinite().all(dim=1)
         return finite & (distance < self.r_max_kpc) & (speed <= self.max_speed_kms)
 
 
