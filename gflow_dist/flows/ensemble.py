@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, ClassVar, Self
@@ -37,7 +37,9 @@ from gflow_dist.flows.member import (
 )
 from gflow_dist.flows.training import Recipe
 from gflow_dist.preprocess import Preprocessor
-from gflow_dist.sample.window import SelectionWindow
+from gflow_dist.preprocess import device as device_preprocess
+from gflow_dist.sample.device_draws import draw_in_window_on_device
+from gflow_dist.sample.window import DrawStats, SelectionWindow
 from gflow_dist.upsamplers.base import MemberRunner, Upsampler, member_seeds, run_members_here
 
 LOG_PROB_BATCH = 65_536
@@ -121,6 +123,15 @@ class FlowEnsemble(Upsampler):
                             for d in directories]
         return self
 
+    def to_device(self, device: torch.device | str) -> Self:
+        """Move every member's flows to ``device`` (where it draws and evaluates); returns
+        self."""
+        self.device = torch.device(device)
+        for member in self.members:
+            member.position.to(self.device)
+            member.velocity.to(self.device)
+        return self
+
     def _require_fitted(self) -> Preprocessor:
         if self.preprocessor is None or not self.members:
             raise RuntimeError(f"the {self.kind} upsampler is not fitted: call fit() or load "
@@ -145,23 +156,44 @@ class FlowEnsemble(Upsampler):
             result[rows] = ensemble.cpu().numpy() + log_det_r + log_det_v
         return result
 
-    def propose(self, count: int, rng: np.random.Generator) -> np.ndarray:
-        """Stars from members chosen uniformly; z is drawn on the CPU for reproducibility."""
+    def iter_samples(self, n: int, seed: int, batch_size: int = 65_536,
+                     stats: DrawStats | None = None) -> Iterator[np.ndarray]:
+        """Stream exactly n stars inside the window, drawn on the model's device.
+
+        Star k is the k-th proposal inside the window, and proposal p is a pure function
+        of (seed, p) (:mod:`gflow_dist.sample.device_draws`): the stars do not depend on
+        ``batch_size``.
+        """
+        for stars in self.iter_sample_tensors(n, seed, batch_size, stats):
+            yield stars.cpu().numpy()
+
+    def iter_sample_tensors(self, n: int, seed: int, batch_size: int = 65_536,
+                            stats: DrawStats | None = None) -> Iterator[torch.Tensor]:
+        """:meth:`iter_samples` as (k, 6) float64 tensors left on the model's device."""
+        self._require_fitted()
+        return draw_in_window_on_device(self.transform_base, len(self.members), n, seed,
+                                        self.window, batch_size, self.device, stats)
+
+    def transform_base(self, z: torch.Tensor, member: torch.Tensor) -> torch.Tensor:
+        """(count, 6) Galactocentric stars [kpc, km/s], float64, from (count, 6) float32
+        base draws z and the (count,) member each is pushed through (paper §3.3 (i)–(iii)).
+
+        Rows are grouped by member, p(r) then p(v|r) run on each group, and eqs. 9–11 are
+        inverted in float64, all on the model's device.
+        """
         preprocessor = self._require_fitted()
-        choice = rng.integers(len(self.members), size=count)
-        z = torch.from_numpy(rng.standard_normal((count, 6), dtype=np.float32))
-        s_r = torch.empty(count, 3)
-        s_v = torch.empty(count, 3)
+        s_r = torch.empty(len(z), 3, dtype=z.dtype, device=z.device)
+        s_v = torch.empty_like(s_r)
+        counts = torch.bincount(member, minlength=len(self.members)).tolist()
+        groups = torch.argsort(member, stable=True).split(counts)
         with torch.no_grad():
-            for index, member in enumerate(self.members):
-                rows = torch.from_numpy(np.flatnonzero(choice == index))
+            for flows, rows in zip(self.members, groups, strict=True):
                 if len(rows):
-                    chunk = z[rows].to(self.device)
-                    r, v = member.transform(chunk[:, :3], chunk[:, 3:])
-                    s_r[rows], s_v[rows] = r.cpu(), v.cpu()
-        positions = preprocessor.positions_inverse(s_r.double().numpy())
-        velocities = preprocessor.velocities_inverse(s_v.double().numpy())
-        return np.concatenate([positions, velocities], axis=1)
+                    chunk = z[rows]
+                    s_r[rows], s_v[rows] = flows.transform(chunk[:, :3], chunk[:, 3:])
+        positions = device_preprocess.positions_inverse(preprocessor, s_r.double())
+        velocities = device_preprocess.velocities_inverse(preprocessor, s_v.double())
+        return torch.cat([positions, velocities], dim=1)
 
     def spec(self) -> dict[str, Any]:
         preprocessor = self._require_fitted()

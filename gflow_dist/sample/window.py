@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -20,6 +20,9 @@ if TYPE_CHECKING:
 
 Proposer = Callable[[int, np.random.Generator], np.ndarray]
 """Draws (count, 6) candidate stars [kpc, km/s] from a generator."""
+
+Rows = Any
+"""A numpy array or a torch tensor of rows."""
 
 MAX_EMPTY_BATCHES = 100
 """Give up when this many batches in a row keep no star: the model misses the window."""
@@ -83,21 +86,34 @@ def draw_in_window(propose: Proposer, n: int, seed: int, window: SelectionWindow
     Memory is bounded by ``batch_size``, not by ``n``. ``stats``, when given, is updated
     with the number of proposals and kept stars.
     """
+    def batch(index: int) -> tuple[np.ndarray, np.ndarray]:
+        candidates = propose(batch_size, np.random.default_rng([seed, index]))
+        return candidates, window.contains(candidates)
+
+    return keep_inside(batch, n, f"batches of {batch_size} proposals", window, stats)
+
+
+def keep_inside(batch: Callable[[int], tuple[Rows, Rows]], n: int, what: str,
+                window: SelectionWindow, stats: DrawStats | None = None) -> Iterator[Rows]:
+    """Yield the rows inside the window of batches 0, 1, … until exactly ``n`` are kept.
+
+    ``batch(k)`` gives batch k's candidates and their inside-the-window mask, as numpy
+    arrays or torch tensors (kept rows are the same kind); ``what`` names the batches in
+    the error raised when :data:`MAX_EMPTY_BATCHES` in a row keep nothing.
+    """
     stats = stats if stats is not None else DrawStats()
     remaining, batch_index, empty = n, 0, 0
     while remaining > 0:
-        rng = np.random.default_rng([seed, batch_index])
-        candidates = propose(batch_size, rng)
-        inside = window.contains(candidates)
+        candidates, inside = batch(batch_index)
         kept = candidates[inside][:remaining]
         stats.proposed += len(candidates)
-        stats.rejected += int((~inside).sum())
+        stats.rejected += len(candidates) - int(inside.sum())
         stats.kept += len(kept)
         empty = 0 if len(kept) else empty + 1
         if empty >= MAX_EMPTY_BATCHES:
             raise RuntimeError(
-                f"{MAX_EMPTY_BATCHES} batches of {batch_size} proposals in a row fell outside "
-                f"the selection window {window}; the model does not cover the window"
+                f"{MAX_EMPTY_BATCHES} {what} in a row fell outside the selection window "
+                f"{window}; the model does not cover the window"
             )
         remaining -= len(kept)
         batch_index += 1

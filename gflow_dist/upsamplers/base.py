@@ -70,9 +70,14 @@ class Upsampler(ABC):
         independent training jobs (ensemble members); upsamplers without either ignore them.
         """
 
-    @abstractmethod
     def propose(self, count: int, rng: np.random.Generator) -> np.ndarray:
-        """(count, 6) candidate stars, before the selection window is applied."""
+        """(count, 6) candidate stars, before the selection window is applied.
+
+        What the default :meth:`iter_samples` draws from; an upsampler that overrides
+        :meth:`iter_samples` (the flow ensembles, which draw on their device) needs none.
+        """
+        raise NotImplementedError(f"upsampler {self.kind!r} draws through its own "
+                                  "iter_samples")
 
     def iter_samples(self, n: int, seed: int, batch_size: int = 65_536,
                      stats: DrawStats | None = None) -> Iterator[np.ndarray]:
