@@ -213,11 +213,13 @@ def write_figure_stars(shard_files: list[Path], path: Path, limit: int,
 
 
 def _worker_stats(stats: list[dict]) -> list[dict]:
-    """Per sampling process: shards, stars, draw seconds and peak RSS [MiB] of its draws."""
+    """Per sampling process: its device type, shards, stars, draw seconds and peak RSS
+    [MiB] of its draws."""
     workers: dict[int, dict] = {}
     for row in stats:
-        worker = workers.setdefault(row["pid"], {"pid": row["pid"], "shards": 0, "rows": 0,
-                                                 "seconds": 0.0, "peak_rss_mb": 0.0})
+        worker = workers.setdefault(row["pid"], {"pid": row["pid"], "device": row["device"],
+                                                 "shards": 0, "rows": 0, "seconds": 0.0,
+                                                 "peak_rss_mb": 0.0})
         worker["shards"] += 1
         worker["rows"] += row["rows"]
         worker["seconds"] += row["seconds"]

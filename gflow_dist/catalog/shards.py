@@ -3,8 +3,8 @@
 A shard (:mod:`gflow_dist.sample.shards`) is drawn batch by batch (memory bounded by the
 batch size) into ``<staging>/shard-NNNNNN.parquet``, rows of :func:`catalog_schema` in
 draw order. Its record ``shard-NNNNNN.npz`` follows: the stats (request, rows, content
-SHA-256 of the rows, draw seconds, peak RSS [MiB], process id) and the stars per HEALPix
-pixel at the counting order. Both appear by rename only when complete, and a shard whose
+SHA-256 of the rows, draw seconds, peak RSS [MiB], process id, device type) and the stars
+per HEALPix pixel at the counting order. Both appear by rename only when complete, and a shard whose
 record matches its request and whose file still hashes to the recorded content is reused,
 so a rerun after a crash neither duplicates nor drops stars.
 """
@@ -16,6 +16,7 @@ import json
 import os
 import resource
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,9 +25,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from hats.pixel_math.spatial_index import SPATIAL_INDEX_COLUMN
 
+from gflow_dist.catalog.device_table import device_catalog_table
 from gflow_dist.catalog.healpix import PixelCounter, counting_order
 from gflow_dist.catalog.schema import catalog_schema, catalog_table, table_records
 from gflow_dist.config import RunConfig
+from gflow_dist.flows.ensemble import FlowEnsemble
 from gflow_dist.frame import SolarFrame
 from gflow_dist.sample.shards import Shard, ShardPlan
 from gflow_dist.upsamplers import Upsampler
@@ -64,11 +67,17 @@ class ShardSpec:
                    counting_order(config.catalog.partition_order, config.catalog.highest_order))
 
 
+DRAW_SCHEME = 2
+"""Version of how stars are drawn; 2: flow ensembles draw on their device from the
+counter-based generator (:mod:`gflow_dist.sample.device_draws`). A shard file of another
+scheme is drawn again."""
+
+
 def shard_key(model_sha256: str, config: RunConfig) -> str:
-    """Identifies what a shard file's content depends on besides the plan: model, batch
-    size, Solar frame and counting order."""
+    """Identifies what a shard file's content depends on besides the plan: draw scheme,
+    model, batch size, Solar frame and counting order."""
     order = counting_order(config.catalog.partition_order, config.catalog.highest_order)
-    return hashlib.sha256(json.dumps([model_sha256, config.sample.batch_size,
+    return hashlib.sha256(json.dumps([DRAW_SCHEME, model_sha256, config.sample.batch_size,
                                       config.galaxy.frame.to_metadata(), order],
                                      sort_keys=True).encode()).hexdigest()
 
@@ -126,12 +135,38 @@ def completed_shard(spec: ShardSpec, shard: Shard) -> dict | None:
     return stats if intact else None
 
 
+def drawing_device(model: Upsampler) -> str:
+    """The device type that draws a model's stars: a flow ensemble's (``cpu`` or ``cuda``);
+    ``cpu`` for the others, which draw with numpy."""
+    return model.device.type if isinstance(model, FlowEnsemble) else "cpu"
+
+
+def catalog_tables(model: Upsampler, shard: Shard, batch_size: int,
+                   frame: SolarFrame) -> Iterator[pa.Table]:
+    """The catalog rows of ``shard``, ``batch_size`` proposals at a time, in star_id order.
+
+    A flow ensemble draws, converts and indexes its stars on its device (the GPU its
+    Ray actor was given, or the CPU), and only finished columns reach the host; the other
+    upsamplers draw with numpy and convert on the host.
+    """
+    first = shard.first_star_id
+    if isinstance(model, FlowEnsemble):
+        for stars in model.iter_sample_tensors(shard.count, shard.seed, batch_size):
+            yield device_catalog_table(stars, first, frame)
+            first += len(stars)
+        return
+    for stars in model.iter_samples(shard.count, shard.seed, batch_size):
+        yield catalog_table(stars, first, frame)
+        first += len(stars)
+
+
 def draw_shard(model: Upsampler, spec: ShardSpec, shard: Shard) -> dict:
     """Draw ``shard`` into ``spec.folder`` unless it is complete; returns its stats.
 
     The stats hold the request (key, index, first_star_id, count, seed), ``rows``,
     ``sha256``, ``seconds`` and ``peak_rss_mb`` of the draw, ``pid`` of the drawing
-    process and ``sampled`` (False when a complete file was reused).
+    process, ``device`` (:func:`drawing_device`) and ``sampled`` (False when a complete
+    file was reused). A complete shard is reused whichever device drew it.
     """
     done = completed_shard(spec, shard)
     if done is not None:
@@ -142,9 +177,8 @@ def draw_shard(model: Upsampler, spec: ShardSpec, shard: Shard) -> dict:
     partial = files.parquet.with_name(files.parquet.name + ".partial")
     digest, counter, rows = hashlib.sha256(), PixelCounter(spec.order), 0
     with pq.ParquetWriter(partial, catalog_schema(), compression="zstd") as writer:
-        for stars in model.iter_samples(shard.count, shard.seed, spec.batch_size):
-            table = catalog_table(stars, shard.first_star_id + rows, spec.frame)
-            rows += len(stars)
+        for table in catalog_tables(model, shard, spec.batch_size, spec.frame):
+            rows += table.num_rows
             _hash_rows(table, digest)
             counter.add(table.column(SPATIAL_INDEX_COLUMN).to_numpy())
             writer.write_table(table)
@@ -153,7 +187,7 @@ def draw_shard(model: Upsampler, spec: ShardSpec, shard: Shard) -> dict:
     stats = _request(spec, shard) | {
         "rows": rows, "sha256": digest.hexdigest(), "seconds": time.perf_counter() - start,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "pid": os.getpid()}
+        "pid": os.getpid(), "device": drawing_device(model)}
     partial = files.record.with_name(files.record.name + ".partial")
     with partial.open("wb") as handle:
         np.savez(handle, record=json.dumps(stats), pixels=pixels, counts=counts)
