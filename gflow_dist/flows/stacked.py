@@ -51,7 +51,10 @@ def stacked_field_with_divergence(t: Tensor, y: Tensor, context: Tensor | None,
         tangents = gelu_derivative(a).unsqueeze(1) * pushed.view(members, dim, rows, -1)
         h = torch.nn.functional.gelu(a)
     out = torch.baddbmm(biases[-1].unsqueeze(1), h, weights[-1].transpose(1, 2))
-    return out, torch.einsum("mibh,mih->mb", tangents, weights[-1])
+    # Tr ∂F/∂y = Σ_i Σ_h T[i, b, h] W_out[i, h]: a batched product per (member, i), so that
+    # each member's numbers never depend on how many members share the batch.
+    divergence = torch.matmul(tangents, weights[-1].unsqueeze(3)).squeeze(3).sum(dim=1)
+    return out, divergence
 
 
 _compiled_stacked_field = None
