@@ -9,6 +9,8 @@ z ~ N(0, I) to data).
 unchanged in this process, in a Ray task or in a Ray actor. Everything it writes lives in
 its directory: the training checkpoints (for resuming), the best weights and the loss
 curves. A member whose weights file exists is not trained again.
+:func:`gflow_dist.flows.batched_members.train_members` trains a group of members as one
+batched model, writing the same files.
 
 References:
     arXiv:2211.11765, §3.1 eq. 4 (f(r, v) = p(r) p(v|r)) and §3.3.
