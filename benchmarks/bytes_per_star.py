@@ -2,8 +2,8 @@
 
 `gflow plan` sizes volumes from these numbers (:mod:`gflow_dist.plan`). The HATS bytes per
 star count its ``dataset/``; ``hats_extra_bytes`` are the files beside it (sky maps, figure
-stars, metadata), whose size does not grow with the stars past ``catalog.figure_stars``. Simplified-EnBiD
-stars of the mock galaxy go through the in-process catalog build
+stars, metadata), whose size does not grow with the stars past ``catalog.figure_stars``.
+Simplified-EnBiD stars of the mock galaxy go through the in-process catalog build
 (``write_catalog`` with ``LocalCatalogRunner``); the columns and codecs are the same for
 every upsampler, so the bytes per star are too.
 

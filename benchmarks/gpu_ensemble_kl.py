@@ -9,7 +9,7 @@ phase, no refinement unless ``--refine``) on 30k mock particles, ``--parallel`` 
 once in separate processes sharing the device, then reports KL(truth ‖ ensemble) and
 KL(truth ‖ member) on 30k held-out particles (``benchmarks/kl_mock.py``'s measure). The
 wall time against one member's time says how well members pack onto one GPU, which is what
-``ray.num_gpus_per_member < 1`` relies on.
+``ray.num_gpus_per_trainer < 1`` relies on (one member per actor sharing a GPU).
 
 Measured 2026-11-28 on one NVIDIA H200 (torch 2.11.0+cu130, 16 CPU cores) with
 ``timeout 225 python benchmarks/gpu_ensemble_kl.py``: the device time ran out before the

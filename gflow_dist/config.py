@@ -336,8 +336,15 @@ class RayConfig(_Frozen):
     """The Ray cluster: ``address`` None starts a local one."""
 
     address: str | None = None
-    num_cpus_per_member: PositiveFloat = 1.0
-    num_gpus_per_member: float = Field(0.0, ge=0.0, description="0 on CPU-only clusters")
+    num_cpus_per_trainer: PositiveFloat = Field(
+        1.0, description="CPUs of one actor that trains ensemble members"
+    )
+    num_gpus_per_trainer: float = Field(
+        0.0, ge=0.0, description="GPUs of one member-training actor; 0 on CPU-only clusters"
+    )
+    members_per_trainer: StrictInt = Field(
+        1, ge=1, description="members one actor trains at once, as one batched model"
+    )
     checkpoint_uri: str | None = Field(
         None, description="where members checkpoint (a path or a pyarrow/fsspec URI every "
         "node can reach); null uses DIR/models/<name>/training"
@@ -450,8 +457,18 @@ def _section_keys(path: tuple[Any, ...]) -> list[str]:
     return sorted(model.model_fields)
 
 
+RENAMED_KEYS = {
+    "ray.num_cpus_per_member": "ray.num_cpus_per_trainer",
+    "ray.num_gpus_per_member": "ray.num_gpus_per_trainer",
+}
+"""Keys that were renamed: an old name is an error that names the new one."""
+
+
 def _describe(error: dict[str, Any]) -> str:
     key = ".".join(str(part) for part in error["loc"])
+    if error["type"] == "extra_forbidden" and key in RENAMED_KEYS:
+        return (f"key {key!r} was renamed to {RENAMED_KEYS[key]!r} (the resources of one "
+                "actor that trains ray.members_per_trainer members); use the new name")
     if error["type"] == "extra_forbidden":
         section = error["loc"][:-1]
         allowed = ", ".join(_section_keys(section))

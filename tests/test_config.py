@@ -195,6 +195,21 @@ def test_unknown_key_names_file_key_and_allowed_keys(tmp_path, text, key, sectio
         assert expected in listed
 
 
+@pytest.mark.parametrize("old, new", [("num_cpus_per_member", "num_cpus_per_trainer"),
+                                      ("num_gpus_per_member", "num_gpus_per_trainer")])
+def test_a_renamed_ray_key_names_its_new_name(tmp_path, old, new):
+    message = _error(tmp_path, f"ray:\n  {old}: 1\n")
+    assert f"key 'ray.{old}' was renamed to 'ray.{new}'" in message
+    assert load_config(_write(tmp_path, f"ray:\n  {new}: 1\n")).ray.members_per_trainer == 1
+
+
+def test_members_per_trainer_is_a_positive_integer(tmp_path):
+    assert "ray.members_per_trainer" in _error(tmp_path, "ray:\n  members_per_trainer: 0\n")
+    assert "ray.members_per_trainer" in _error(tmp_path, "ray:\n  members_per_trainer: 1.5\n")
+    config = load_config(_write(tmp_path, "ray:\n  members_per_trainer: 10\n"))
+    assert config.ray.members_per_trainer == 10
+
+
 @pytest.mark.parametrize("text, key, fragment", [
     ("galaxy:\n  r_max_kpc: abc\n", "galaxy.r_max_kpc", "valid number"),
     ("galaxy:\n  r_max_kpc: -1.0\n", "galaxy.r_max_kpc", "greater than 0"),

@@ -21,7 +21,8 @@ def _key(name: str = "cnf", particles: dict = PARTICLES, **sections) -> str:
 @pytest.mark.parametrize("sections", [
     {"evaluate": {"patience": 3}}, {"catalog": {"partition_order": 2}},
     {"maf": {"patience": 3}}, {"enbid": {"variance_factor": 0.5}}, {"sample": {"total": 10}},
-    {"ray": {"num_cpus_per_member": 2.0}}, {"upsamplers": ["cnf", "enbid"]},
+    {"ray": {"num_cpus_per_trainer": 2.0}}, {"ray": {"members_per_trainer": 10}},
+    {"upsamplers": ["cnf", "enbid"]},
 ])
 def test_a_change_the_model_does_not_read_keeps_its_key(sections):
     assert _key(**sections) == _key()

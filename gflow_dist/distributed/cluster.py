@@ -148,7 +148,7 @@ def _fits_live_node(num_cpus: float, num_gpus: float) -> bool:
     return actors_per_cluster(node_resources(), num_cpus, num_gpus) > 0
 
 
-def check_resources(num_cpus: float, num_gpus: float, role: str = "member",
+def check_resources(num_cpus: float, num_gpus: float, role: str = "trainer",
                     config: RayConfig | None = None) -> None:
     """Fail fast when no node the cluster could ever have holds a worker of this size.
 

@@ -26,6 +26,7 @@ import torch
 
 from gflow_dist.data.particles import ParticleSet
 from gflow_dist.errors import GflowError
+from gflow_dist.flows.batched_members import train_members
 from gflow_dist.flows.member import (
     PAPER_OBJECTIVE,
     WEIGHTS_FILE,
@@ -33,7 +34,6 @@ from gflow_dist.flows.member import (
     FlowObjective,
     MemberFlows,
     default_device,
-    train_member,
 )
 from gflow_dist.flows.training import Recipe
 from gflow_dist.preprocess import Preprocessor
@@ -118,7 +118,7 @@ class FlowEnsemble(Upsampler):
                          validation_fraction=self.validation_fraction, seed=member_seed,
                          directory=root / f"member-{index:02d}", objective=self.objective)
                     for index, member_seed in enumerate(self.seeds)]
-            directories = runner(train_member, jobs)
+            directories = runner(train_members, jobs)
             self.members = [MemberFlows.load(self.architecture, d / WEIGHTS_FILE, self.device)
                             for d in directories]
         return self

@@ -9,6 +9,8 @@ z ~ N(0, I) to data).
 unchanged in this process, in a Ray task or in a Ray actor. Everything it writes lives in
 its directory: the training checkpoints (for resuming), the best weights and the loss
 curves. A member whose weights file exists is not trained again.
+:func:`gflow_dist.flows.batched_members.train_members` trains a group of members as one
+batched model, writing the same files.
 
 References:
     arXiv:2211.11765, §3.1 eq. 4 (f(r, v) = p(r) p(v|r)) and §3.3.
@@ -195,9 +197,7 @@ def train_member(positions: np.ndarray, velocities: np.ndarray, architecture: Fl
         return data[fit_rows], data[val_rows]
 
     (r_fit, r_val), (v_fit, v_val) = tensors(positions), tensors(velocities)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        member = MemberFlows(architecture.build(0).to(target), architecture.build(3).to(target))
+    member = initial_member(architecture, seed, target)
     if recipe.compile:  # only the CNF has a compiled path (FlowEnsemble.compilable)
         for flow in (member.position, member.velocity):
             flow.field.compile = True
@@ -210,10 +210,23 @@ def train_member(positions: np.ndarray, velocities: np.ndarray, architecture: Fl
                           None if after_epoch is None else partial(after_epoch, name))
         for name, (flow, fit, validation, flow_seed, title) in flows.items()
     }
+    write_member(directory, member, histories)
+    return directory
+
+
+def initial_member(architecture: FlowArchitecture, seed: int,
+                   device: torch.device) -> MemberFlows:
+    """A member's flows in their initial state: seeded by ``seed``, p(r) built first."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return MemberFlows(architecture.build(0).to(device), architecture.build(3).to(device))
+
+
+def write_member(directory: Path, member: MemberFlows, histories: dict[str, History]) -> None:
+    """Write a trained member's loss curves and, last and atomically, its weights."""
     (directory / HISTORY_FILE).write_text(
         json.dumps({name: h.to_dict() for name, h in histories.items()}, indent=1)
     )
     temporary = directory / (WEIGHTS_FILE + ".tmp")
     torch.save({k: v.cpu() for k, v in member.state_dict().items()}, temporary)
     temporary.replace(directory / WEIGHTS_FILE)
-    return directory

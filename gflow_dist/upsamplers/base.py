@@ -22,18 +22,23 @@ from gflow_dist.sample.window import DrawStats, SelectionWindow, draw_in_window
 
 SPEC_FILE = "spec.json"
 
-MemberRunner = Callable[[Callable[..., Path], Sequence[dict[str, Any]]], list[Path]]
-"""Runs ``function(**kwargs)`` for every kwargs dict and returns the directories.
+MemberGroupTrainer = Callable[[Sequence[dict[str, Any]]], list[Path]]
+"""Trains a group of members, ``function(jobs)``, and returns their directories in order
+(:func:`gflow_dist.flows.batched_members.train_members`)."""
 
-Ensembles (CNF, MAF) train their members through it. The default runs them one after
-another here; the distributed layer passes one that runs them as Ray tasks.
+MemberRunner = Callable[[MemberGroupTrainer, Sequence[dict[str, Any]]], list[Path]]
+"""Splits the jobs (one kwargs dict per member) into groups, runs ``function(group)`` for
+each, and returns every job's directory, in order.
+
+Ensembles (CNF, MAF) train their members through it. The default trains all of them as one
+group here; the distributed layer passes one that trains groups in Ray actors.
 """
 
 
-def run_members_here(function: Callable[..., Path],
+def run_members_here(function: MemberGroupTrainer,
                      jobs: Sequence[dict[str, Any]]) -> list[Path]:
-    """Train the members one after another in this process."""
-    return [function(**job) for job in jobs]
+    """Train every member in this process, as one group."""
+    return function(jobs)
 
 
 def member_seeds(seed: int, count: int) -> list[int]:

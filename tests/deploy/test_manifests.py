@@ -332,8 +332,8 @@ def test_run_config_is_mounted_and_valid(rendered):
         assert volume["configMap"]["name"] == "gflow-run-config"
         gpus = [int(g["template"]["spec"]["containers"][0]["resources"]["limits"].get(
             "nvidia.com/gpu", 0)) for g in cluster["workerGroupSpecs"]]
-        assert config.ray.num_gpus_per_member <= max(gpus)
-        assert (config.ray.num_gpus_per_member > 0) == (overlay == "gpu")
+        assert config.ray.num_gpus_per_trainer <= max(gpus)
+        assert (config.ray.num_gpus_per_trainer > 0) == (overlay == "gpu")
 
 
 def test_gpu_workers_are_guaranteed_and_autoscaled(rendered):

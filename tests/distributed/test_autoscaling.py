@@ -178,8 +178,8 @@ def test_a_run_scales_a_cluster_up_from_no_workers(autoscaling_cluster, tmp_path
 def test_a_request_no_node_type_holds_fails_at_once_naming_the_key(ray_cluster):
     start = time.monotonic()
     no_gpus = RayConfig(max_gpus_per_node=0)
-    with pytest.raises(GflowError, match=r"ray\.num_gpus_per_member=1 .*ray\.max_gpus_per_node"):
-        check_resources(1, 1, "member", no_gpus)
+    with pytest.raises(GflowError, match=r"ray\.num_gpus_per_trainer=1 .*ray\.max_gpus_per_node"):
+        check_resources(1, 1, "trainer", no_gpus)
     small = RayConfig(max_cpus_per_node=4)
     with pytest.raises(GflowError, match=r"ray\.num_cpus_per_sampler=8 .*ray\.max_cpus_per_node"):
         check_resources(8, 0, "sampler", small)

@@ -1,5 +1,6 @@
-"""Ensemble members trained in a pool of Ray actors: same weights as in-process, pool sized
-to the cluster, killed actors resume from their checkpoints, checkpoints at a URI."""
+"""Ensemble members trained in a pool of Ray actors: same weights as in-process, groups of
+members in one actor, pool sized to the cluster, killed actors resume from their checkpoints,
+checkpoints at a URI."""
 
 from __future__ import annotations
 
@@ -20,8 +21,9 @@ from gflow_dist.distributed.training import (
     ray_member_runner,
 )
 from gflow_dist.errors import GflowError
+from gflow_dist.flows.batched_members import train_members
 from gflow_dist.flows.cnf_upsampler import CNFUpsampler
-from gflow_dist.flows.member import CNFArchitecture, train_member
+from gflow_dist.flows.member import CNFArchitecture
 from gflow_dist.flows.training import Recipe
 
 pytestmark = pytest.mark.ray
@@ -78,29 +80,41 @@ def test_actors_train_the_same_members_as_this_process(ray_cluster, mock_split, 
     assert attempts[0][0]["pid"] != attempts[1][0]["pid"]  # two actors, one member each
 
 
+def test_one_actor_trains_a_group_of_members_together(ray_cluster, mock_split, tmp_path):
+    train, _ = mock_split
+    here = _fit_here(2, train, tmp_path / "here")
+    remote = _cnf(2).fit(train, seed=7, workdir=tmp_path / "ray",
+                         runner=ray_member_runner(num_cpus=1, members_per_trainer=2))
+    _assert_same_members(here, remote)
+    (first,), (second,) = [_attempts(tmp_path / "ray" / f"member-{i:02d}") for i in range(2)]
+    assert first["pid"] == second["pid"]  # one actor ...
+    assert first["started"] < second["finished"] and second["started"] < first["finished"]
+    # ... training both members in one call, not one after the other
+
+
 def test_gpu_request_on_a_cpu_cluster_fails_fast(ray_cluster, tmp_path):
     runner = ray_member_runner(num_cpus=1, num_gpus=0.25)
     start = time.monotonic()
-    with pytest.raises(GflowError, match=r"ray\.num_gpus_per_member=0\.25.*set it to 0"):
-        runner(train_member, [{"directory": tmp_path / "member-00"}])
+    with pytest.raises(GflowError, match=r"ray\.num_gpus_per_trainer=0\.25.*set it to 0"):
+        runner(train_members, [{"directory": tmp_path / "member-00"}])
     assert time.monotonic() - start < 5
 
 
 def test_pool_size_is_what_the_nodes_hold():
     nodes = [{"CPU": 16.0, "GPU": 1.0}, {"CPU": 2.0, "GPU": 1.0}, {"CPU": 8.0}]
-    assert pool_size(nodes, 1, 0.25, members=10) == 4 + 2
-    assert pool_size(nodes, 1, 0.3, members=10) == 3 + 2
-    assert pool_size(nodes, 2, 0, members=100) == 8 + 1 + 4
-    assert pool_size(nodes, 1, 0.25, members=3) == 3
-    assert pool_size(nodes, 1, 0.25, members=10, max_concurrent=2) == 2
-    assert pool_size(nodes, 1, 0.25, members=10, max_concurrent=50) == 6
+    assert pool_size(nodes, 1, 0.25, groups=10) == 4 + 2
+    assert pool_size(nodes, 1, 0.3, groups=10) == 3 + 2
+    assert pool_size(nodes, 2, 0, groups=100) == 8 + 1 + 4
+    assert pool_size(nodes, 1, 0.25, groups=3) == 3
+    assert pool_size(nodes, 1, 0.25, groups=10, max_concurrent=2) == 2
+    assert pool_size(nodes, 1, 0.25, groups=10, max_concurrent=50) == 6
 
 
 def test_an_autoscaling_pool_is_sized_by_the_work():
     """No nodes to count (an autoscaler may add them): one actor per member, capped."""
-    assert pool_size(None, 1, 0.25, members=10) == 10
-    assert pool_size(None, 1, 0.25, members=10, max_concurrent=3) == 3
-    assert pool_size(None, 64, 8, members=1) == 1
+    assert pool_size(None, 1, 0.25, groups=10) == 10
+    assert pool_size(None, 1, 0.25, groups=10, max_concurrent=3) == 3
+    assert pool_size(None, 64, 8, groups=1) == 1
 
 
 def test_each_model_and_config_checkpoints_in_its_own_folder():
@@ -143,7 +157,7 @@ def test_a_killed_actor_resumes_from_its_checkpoint(ray_cluster, mock_split, tmp
     member_dir = tmp_path / "ray" / "member-00"
     killed: list[str] = []
     killer = threading.Thread(target=_kill_when, args=(
-        member_dir / "position.ckpt", set(ray.util.list_named_actors()), killed))
+        member_dir / "position-batched.ckpt", set(ray.util.list_named_actors()), killed))
     killer.start()
     resumed = _cnf(1, LONG).fit(train, seed=7, workdir=tmp_path / "ray",
                                 runner=ray_member_runner(num_cpus=1))
@@ -153,7 +167,7 @@ def test_a_killed_actor_resumes_from_its_checkpoint(ray_cluster, mock_split, tmp
     first, second = _attempts(member_dir)
     assert first["finished"] is None and second["finished"] is not None
     assert first["pid"] != second["pid"]
-    assert "position.ckpt" in second["checkpoints"]
+    assert "position-batched.ckpt" in second["checkpoints"]
     history = json.loads((member_dir / "history.json").read_text())
     assert len(history["position"]["train"]["main"]) == LONG.max_epochs
     output = ""
@@ -170,13 +184,14 @@ def test_checkpoints_at_a_uri_resume_after_the_local_copy_is_lost(ray_cluster, m
     store = tmp_path / "store"
     runner = ray_member_runner(num_cpus=1, checkpoint_uri=f"file://{store}")
     first = _cnf(2).fit(train, seed=7, workdir=tmp_path / "work-1", runner=runner)
-    expected = ["attempts.json", "history.json", "position.ckpt", "velocity.ckpt", "weights.pt"]
+    expected = ["attempts.json", "history.json", "position-batched.ckpt", "velocity-batched.ckpt",
+                "weights.pt"]
     for index in range(2):
         assert sorted(p.name for p in (store / f"member-{index:02d}").iterdir()) == expected
         assert (tmp_path / "work-1" / f"member-{index:02d}" / "weights.pt").exists()
-    for name in ("weights.pt", "history.json", "velocity.ckpt"):  # back to mid-training
+    for name in ("weights.pt", "history.json", "velocity-batched.ckpt"):  # back to mid-training
         (store / "member-00" / name).unlink()
     second = _cnf(2).fit(train, seed=7, workdir=tmp_path / "work-2", runner=runner)
     _assert_same_members(first, second)
     attempts = _attempts(tmp_path / "work-2" / "member-00")
-    assert len(attempts) == 2 and attempts[1]["checkpoints"] == ["position.ckpt"]
+    assert len(attempts) == 2 and attempts[1]["checkpoints"] == ["position-batched.ckpt"]

@@ -1,0 +1,148 @@
+"""M continuous normalizing flows of one shape, evaluated together as one batched model.
+
+Every parameter of the M flows' vector fields carries a leading member axis: weights
+(M, out, in), biases (M, out). A layer is one batched matrix product over inputs
+(M, B, width), so M members cost about the kernel launches of one; each member's numbers
+go through the same operations as in :class:`~gflow_dist.flows.cnf.ContinuousFlow`, so
+its field, divergence and log-density equal the single flow's to float rounding.
+
+The exact divergence Tr(∂F/∂y) of eq. 8 pushes the tangents ∂h/∂y_i forward through the
+layers analytically, as :mod:`gflow_dist.flows.vector_field` does, batched over members:
+tangents (M, dim, B, H). The log-density integrates eqs. 7–8 backward with the same
+fixed-step RK4 as ``ContinuousFlow._inverse_with_log_det`` (its ``stage_times`` too).
+
+References:
+    arXiv:2211.11765, §3.2, eqs. 5–8.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from gflow_dist.flows.cnf import STAGE_TIMES, ContinuousFlow, standard_normal_log_prob
+from gflow_dist.flows.vector_field import gelu_derivative
+
+
+def stacked_field_with_divergence(t: Tensor, y: Tensor, context: Tensor | None,
+                                  weights: Sequence[Tensor],
+                                  biases: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+    """F(y, t | c) (M, B, dim) and Tr(∂F/∂y) (M, B) of M MLPs at once.
+
+    Args:
+        t: latent time, a 0-d tensor shared by every row.
+        y: states (M, B, dim).
+        context: conditioning (M, B, context_dim), or None.
+        weights, biases: per layer (M, out, in) and (M, out); the last pair is the output.
+    """
+    members, rows, dim = y.shape
+    parts = [y, t.to(y.dtype).expand(members, rows, 1)]
+    if context is not None:
+        parts.append(context)
+    a = torch.baddbmm(biases[0].unsqueeze(1), torch.cat(parts, dim=2), weights[0].transpose(1, 2))
+    # Tangents ∂h/∂y_i (M, dim, B, H); in the first layer they are the weight columns of y.
+    tangents = gelu_derivative(a).unsqueeze(1) * weights[0][:, :, :dim].transpose(1, 2).unsqueeze(2)
+    h = torch.nn.functional.gelu(a)
+    for weight, bias in zip(weights[1:-1], biases[1:-1], strict=True):
+        a = torch.baddbmm(bias.unsqueeze(1), h, weight.transpose(1, 2))
+        pushed = torch.bmm(tangents.reshape(members, dim * rows, -1), weight.transpose(1, 2))
+        tangents = gelu_derivative(a).unsqueeze(1) * pushed.view(members, dim, rows, -1)
+        h = torch.nn.functional.gelu(a)
+    out = torch.baddbmm(biases[-1].unsqueeze(1), h, weights[-1].transpose(1, 2))
+    # Tr ∂F/∂y = Σ_i Σ_h T[i, b, h] W_out[i, h]: a batched product per (member, i), so that
+    # each member's numbers never depend on how many members share the batch.
+    divergence = torch.matmul(tangents, weights[-1].unsqueeze(3)).squeeze(3).sum(dim=1)
+    return out, divergence
+
+
+_compiled_stacked_field = None
+
+
+def _compiled() -> object:
+    """The compiled stacked field-and-divergence, built on first use."""
+    global _compiled_stacked_field
+    if _compiled_stacked_field is None:
+        _compiled_stacked_field = torch.compile(stacked_field_with_divergence, dynamic=True)
+    return _compiled_stacked_field
+
+
+class StackedFlows(nn.Module):
+    """M :class:`ContinuousFlow` s of one shape as one model with a member axis.
+
+    Args:
+        flows: the members, all with the same dim, context_dim, layers, steps and
+            stage_times; their current parameters are copied in.
+        compile: evaluate the field through ``torch.compile`` (as ``VectorField.compile``).
+    """
+
+    def __init__(self, flows: Sequence[ContinuousFlow], compile: bool = False) -> None:
+        super().__init__()
+        first = flows[0]
+        shape = (first.dim, first.context_dim, first.steps, first.stage_times)
+        if any((f.dim, f.context_dim, f.steps, f.stage_times) != shape for f in flows):
+            raise ValueError("stacked flows must all have the same shape")
+        self.dim, self.context_dim, self.steps, self.stage_times = shape
+        self.members = len(flows)
+        self.compile = compile
+        self.layer_names = [f"hidden.{i}" for i in range(len(first.field.hidden))] + ["output"]
+        states = [flow.field.state_dict() for flow in flows]
+        self.weights = nn.ParameterList(
+            torch.stack([s[f"{name}.weight"] for s in states]).detach().clone()
+            for name in self.layer_names)
+        self.biases = nn.ParameterList(
+            torch.stack([s[f"{name}.bias"] for s in states]).detach().clone()
+            for name in self.layer_names)
+
+    def member_state(self, index: int) -> dict[str, Tensor]:
+        """Member ``index`` as a ``ContinuousFlow`` state dict (CPU copies)."""
+        state = {}
+        for name, weight, bias in zip(self.layer_names, self.weights, self.biases, strict=True):
+            state[f"field.{name}.weight"] = weight[index].detach().cpu().clone()
+            state[f"field.{name}.bias"] = bias[index].detach().cpu().clone()
+        return state
+
+    def unstack(self) -> list[dict[str, Tensor]]:
+        """Every member's ``ContinuousFlow`` state dict, in order."""
+        return [self.member_state(index) for index in range(self.members)]
+
+    @torch.no_grad()
+    def load_member(self, index: int, state: dict[str, Tensor]) -> None:
+        """Overwrite member ``index`` with a ``ContinuousFlow`` state dict."""
+        for name, weight, bias in zip(self.layer_names, self.weights, self.biases, strict=True):
+            weight[index].copy_(state[f"field.{name}.weight"])
+            bias[index].copy_(state[f"field.{name}.bias"])
+
+    def field_with_divergence(self, t: Tensor, y: Tensor,
+                              context: Tensor | None) -> tuple[Tensor, Tensor]:
+        """F (M, B, dim) and its exact divergence (M, B), eq. 8."""
+        function = _compiled() if self.compile else stacked_field_with_divergence
+        return function(t, y, context, list(self.weights), list(self.biases))
+
+    def inverse_with_log_det(self, y: Tensor,
+                             context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Pull data y (M, B, dim) back to the base: z and ℓ(0) = −∫₀¹ Tr ∂F/∂y dt (M, B)."""
+        h = -1.0 / self.steps
+        times = [torch.tensor(1.0 + i * h, dtype=y.dtype, device=y.device)
+                 for i in range(self.steps)]
+        c1, c2, c3, c4 = STAGE_TIMES[self.stage_times]
+        div = self.field_with_divergence
+        ell = torch.zeros(y.shape[:2], dtype=y.dtype, device=y.device)
+        for t in times:
+            k1, d1 = div(t + c1 * h, y, context)
+            k2, d2 = div(t + c2 * h, y + 0.5 * h * k1, context)
+            k3, d3 = div(t + c3 * h, y + 0.5 * h * k2, context)
+            k4, d4 = div(t + c4 * h, y + h * k3, context)
+            y = y + (h / 6.0) * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
+            ell = ell + (h / 6.0) * (d1 + 2.0 * d2 + 2.0 * d3 + d4)
+        return y, ell
+
+    def log_prob(self, y: Tensor, context: Tensor | None = None) -> Tensor:
+        """log p(y | c) of each member at its own rows y (M, B, dim): shape (M, B), eq. 6."""
+        z, ell = self.inverse_with_log_det(y, context)
+        return standard_normal_log_prob(z) + ell
+
+    def member_losses(self, y: Tensor, context: Tensor | None = None) -> Tensor:
+        """Each member's mean negative log-likelihood of its rows [nats per point], (M,)."""
+        return -self.log_prob(y, context).mean(dim=1)

@@ -1,0 +1,78 @@
+"""StackedFlows: M flows as one batched model give each member's own field, divergence and
+log-density, and hand back each member's state dict unchanged."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gflow_dist.flows.cnf import ContinuousFlow
+from gflow_dist.flows.stacked import StackedFlows
+
+
+def _flows(context_dim: int, stage_times: str = "rk4", members: int = 3) -> list[ContinuousFlow]:
+    torch.manual_seed(5)
+    return [ContinuousFlow(3, context_dim, steps=10, stage_times=stage_times)
+            for _ in range(members)]
+
+
+def _rows(context_dim: int, members: int = 3) -> tuple[torch.Tensor, torch.Tensor | None]:
+    generator = torch.Generator().manual_seed(6)
+    y = torch.randn(members, 200, 3, generator=generator)
+    context = torch.randn(members, 200, context_dim, generator=generator) if context_dim else None
+    return y, context
+
+
+@pytest.mark.parametrize("context_dim", [0, 3])
+def test_field_and_divergence_are_each_members_own(context_dim):
+    flows = _flows(context_dim)
+    y, context = _rows(context_dim)
+    t = torch.tensor(0.3)
+    field, divergence = StackedFlows(flows).field_with_divergence(t, y, context)
+    assert field.shape == (3, 200, 3) and divergence.shape == (3, 200)
+    for member, flow in enumerate(flows):
+        own_context = None if context is None else context[member]
+        expected_field, expected_divergence = flow.field.with_divergence(t, y[member], own_context)
+        torch.testing.assert_close(field[member], expected_field, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(divergence[member], expected_divergence, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("context_dim, stage_times", [(0, "rk4"), (3, "rk4"),
+                                                       (3, "torchdyn-1.0.6")])
+def test_log_prob_is_each_members_own(context_dim, stage_times):
+    flows = _flows(context_dim, stage_times)
+    y, context = _rows(context_dim)
+    log_prob = StackedFlows(flows).log_prob(y, context)
+    assert log_prob.shape == (3, 200)
+    for member, flow in enumerate(flows):
+        expected = flow.log_prob(y[member], None if context is None else context[member])
+        torch.testing.assert_close(log_prob[member], expected, rtol=1e-6, atol=1e-6)
+
+
+def test_a_member_does_not_depend_on_its_group():
+    """The same member alone and in a group of three: the same numbers, gradients too."""
+    flows = _flows(3)
+    y, context = _rows(3)
+    alone, group = StackedFlows(flows[:1]), StackedFlows(flows)
+    alone.member_losses(y[:1], context[:1]).sum().backward()
+    group.member_losses(y, context).sum().backward()
+    for single, stacked in zip(alone.parameters(), group.parameters(), strict=True):
+        torch.testing.assert_close(single.grad[0], stacked.grad[0], rtol=1e-6, atol=1e-7)
+
+
+def test_unstack_gives_back_each_members_state_dict():
+    flows = _flows(3)
+    stack = StackedFlows(flows)
+    for flow, state in zip(flows, stack.unstack(), strict=True):
+        expected = flow.state_dict()
+        assert state.keys() == expected.keys()
+        assert all(torch.equal(state[k], expected[k]) for k in state)
+    stack.load_member(0, flows[2].state_dict())
+    moved = stack.member_state(0)
+    assert all(torch.equal(moved[k], v) for k, v in flows[2].state_dict().items())
+    assert all(torch.equal(stack.member_state(1)[k], v) for k, v in flows[1].state_dict().items())
+
+
+def test_flows_of_different_shapes_do_not_stack():
+    with pytest.raises(ValueError, match="same shape"):
+        StackedFlows([ContinuousFlow(3, 0, steps=10), ContinuousFlow(3, 0, steps=20)])
