@@ -27,6 +27,7 @@ import torch
 from gflow_dist.data.particles import ParticleSet
 from gflow_dist.errors import GflowError
 from gflow_dist.flows.batched_members import train_members
+from gflow_dist.flows.cnf import ContinuousFlow
 from gflow_dist.flows.member import (
     PAPER_OBJECTIVE,
     WEIGHTS_FILE,
@@ -35,6 +36,7 @@ from gflow_dist.flows.member import (
     MemberFlows,
     default_device,
 )
+from gflow_dist.flows.stacked import StackedFlows, padded_groups
 from gflow_dist.flows.training import Recipe
 from gflow_dist.preprocess import Preprocessor
 from gflow_dist.preprocess import device as device_preprocess
@@ -96,6 +98,7 @@ class FlowEnsemble(Upsampler):
         self.members: list[MemberFlows] = []
         self.seeds: list[int] = []
         self.device = default_device()
+        self._stacked: tuple[torch.device, list, tuple[StackedFlows, StackedFlows]] | None = None
 
     def fit(self, particles: ParticleSet, seed: int, workdir: str | Path | None = None,
             runner: MemberRunner = run_members_here) -> Self:
@@ -178,22 +181,55 @@ class FlowEnsemble(Upsampler):
         """(count, 6) Galactocentric stars [kpc, km/s], float64, from (count, 6) float32
         base draws z and the (count,) member each is pushed through (paper §3.3 (i)–(iii)).
 
-        Rows are grouped by member, p(r) then p(v|r) run on each group, and eqs. 9–11 are
-        inverted in float64, all on the model's device.
+        p(r) then p(v|r) of every member run on the model's device, CNF members as one
+        stacked model (:class:`~gflow_dist.flows.stacked.StackedFlows`: rows grouped by
+        member on a member axis, so M members cost the kernel launches of one), other
+        flows one member at a time; then eqs. 9–11 are inverted in float64.
         """
         preprocessor = self._require_fitted()
-        s_r = torch.empty(len(z), 3, dtype=z.dtype, device=z.device)
-        s_v = torch.empty_like(s_r)
-        counts = torch.bincount(member, minlength=len(self.members)).tolist()
-        groups = torch.argsort(member, stable=True).split(counts)
         with torch.no_grad():
-            for flows, rows in zip(self.members, groups, strict=True):
-                if len(rows):
-                    chunk = z[rows]
-                    s_r[rows], s_v[rows] = flows.transform(chunk[:, :3], chunk[:, 3:])
+            s_r, s_v = self._push_through_members(z, member)
         positions = device_preprocess.positions_inverse(preprocessor, s_r.double())
         velocities = device_preprocess.velocities_inverse(preprocessor, s_v.double())
         return torch.cat([positions, velocities], dim=1)
+
+    def _push_through_members(self, z: torch.Tensor,
+                              member: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Preprocessed (positions, velocities), each (count, 3), of the base draws z."""
+        s_r = torch.empty(len(z), 3, dtype=z.dtype, device=z.device)
+        s_v = torch.empty_like(s_r)
+        stacked = self._stacked_members()
+        if stacked is not None:
+            rows, valid = padded_groups(member, len(self.members))
+            grouped = z[rows]
+            r = stacked[0].transform(grouped[..., :3])
+            v = stacked[1].transform(grouped[..., 3:], r)
+            s_r[rows[valid]], s_v[rows[valid]] = r[valid], v[valid]
+            return s_r, s_v
+        counts = torch.bincount(member, minlength=len(self.members)).tolist()
+        groups = torch.argsort(member, stable=True).split(counts)
+        for flows, rows in zip(self.members, groups, strict=True):
+            if len(rows):
+                chunk = z[rows]
+                s_r[rows], s_v[rows] = flows.transform(chunk[:, :3], chunk[:, 3:])
+        return s_r, s_v
+
+    def _stacked_members(self) -> tuple[StackedFlows, StackedFlows] | None:
+        """The members' p(r) and p(v|r) stacked for sampling; None unless every member is
+        a CNF. Built on first use and again whenever the members or the device change
+        (the stacked copies hold the weights the members had then)."""
+        flows = [(m.position, m.velocity) for m in self.members]
+        if not all(isinstance(f, ContinuousFlow) for pair in flows for f in pair):
+            return None
+        sources = [f for pair in flows for f in pair]
+        cached = self._stacked
+        if cached is None or cached[0] != self.device or len(cached[1]) != len(sources) or any(
+                a is not b for a, b in zip(cached[1], sources, strict=True)):
+            cached = (self.device, sources, tuple(
+                StackedFlows([pair[i] for pair in flows]).to(self.device).eval()
+                for i in (0, 1)))
+            self._stacked = cached
+        return cached[2]
 
     def spec(self) -> dict[str, Any]:
         preprocessor = self._require_fitted()

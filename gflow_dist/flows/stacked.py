@@ -9,7 +9,8 @@ its field, divergence and log-density equal the single flow's to float rounding.
 The exact divergence Tr(∂F/∂y) of eq. 8 pushes the tangents ∂h/∂y_i forward through the
 layers analytically, as :mod:`gflow_dist.flows.vector_field` does, batched over members:
 tangents (M, dim, B, H). The log-density integrates eqs. 7–8 backward with the same
-fixed-step RK4 as ``ContinuousFlow._inverse_with_log_det`` (its ``stage_times`` too).
+fixed-step RK4 as ``ContinuousFlow._inverse_with_log_det`` (its ``stage_times`` too), and
+sampling integrates eq. 5 forward as ``ContinuousFlow.transform`` does.
 
 References:
     arXiv:2211.11765, §3.2, eqs. 5–8.
@@ -22,7 +23,12 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from gflow_dist.flows.cnf import STAGE_TIMES, ContinuousFlow, standard_normal_log_prob
+from gflow_dist.flows.cnf import (
+    STAGE_TIMES,
+    TRANSFORM_CHUNK,
+    ContinuousFlow,
+    standard_normal_log_prob,
+)
 from gflow_dist.flows.vector_field import gelu_derivative
 
 
@@ -55,6 +61,19 @@ def stacked_field_with_divergence(t: Tensor, y: Tensor, context: Tensor | None,
     # each member's numbers never depend on how many members share the batch.
     divergence = torch.matmul(tangents, weights[-1].unsqueeze(3)).squeeze(3).sum(dim=1)
     return out, divergence
+
+
+def stacked_field(t: Tensor, y: Tensor, context: Tensor | None, weights: Sequence[Tensor],
+                  biases: Sequence[Tensor]) -> Tensor:
+    """F(y, t | c) (M, B, dim) of M MLPs at once, without the divergence (sampling)."""
+    members, rows, _ = y.shape
+    parts = [y, t.to(y.dtype).expand(members, rows, 1)]
+    if context is not None:
+        parts.append(context)
+    h = torch.cat(parts, dim=2)
+    for weight, bias in zip(weights[:-1], biases[:-1], strict=True):
+        h = torch.nn.functional.gelu(torch.baddbmm(bias.unsqueeze(1), h, weight.transpose(1, 2)))
+    return torch.baddbmm(biases[-1].unsqueeze(1), h, weights[-1].transpose(1, 2))
 
 
 _compiled_stacked_field = None
@@ -120,6 +139,39 @@ class StackedFlows(nn.Module):
         function = _compiled() if self.compile else stacked_field_with_divergence
         return function(t, y, context, list(self.weights), list(self.biases))
 
+    def transform(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        """Push each member's base draws z (M, B, dim) from t = 0 to data space at t = 1.
+
+        On the CPU without a graph the rows are solved ``TRANSFORM_CHUNK`` at a time over
+        all members (rows are independent; see ``cnf.LOG_DET_CHUNK`` on why chunks).
+        """
+        chunk = max(1, TRANSFORM_CHUNK // self.members)
+        if z.shape[1] <= chunk or torch.is_grad_enabled() or z.device.type != "cpu":
+            return self._transform(z, context)
+        contexts = (context.split(chunk, dim=1) if context is not None
+                    else [None] * len(z.split(chunk, dim=1)))
+        return torch.cat([self._transform(part, c)
+                          for part, c in zip(z.split(chunk, dim=1), contexts, strict=True)],
+                         dim=1)
+
+    def _transform(self, z: Tensor, context: Tensor | None) -> Tensor:
+        h = 1.0 / self.steps
+        c1, c2, c3, c4 = STAGE_TIMES[self.stage_times]
+        weights, biases = list(self.weights), list(self.biases)
+
+        def f(t: Tensor, y: Tensor) -> Tensor:
+            return stacked_field(t, y, context, weights, biases)
+
+        y = z
+        for i in range(self.steps):
+            t = torch.tensor(i * h, dtype=z.dtype, device=z.device)
+            k1 = f(t + c1 * h, y)
+            k2 = f(t + c2 * h, y + 0.5 * h * k1)
+            k3 = f(t + c3 * h, y + 0.5 * h * k2)
+            k4 = f(t + c4 * h, y + h * k3)
+            y = y + (h / 6.0) * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
+        return y
+
     def inverse_with_log_det(self, y: Tensor,
                              context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Pull data y (M, B, dim) back to the base: z and ℓ(0) = −∫₀¹ Tr ∂F/∂y dt (M, B)."""
@@ -146,3 +198,24 @@ class StackedFlows(nn.Module):
     def member_losses(self, y: Tensor, context: Tensor | None = None) -> Tensor:
         """Each member's mean negative log-likelihood of its rows [nats per point], (M,)."""
         return -self.log_prob(y, context).mean(dim=1)
+
+
+def padded_groups(member: Tensor, members: int) -> tuple[Tensor, Tensor]:
+    """Rows grouped by member on a member axis, for :class:`StackedFlows`.
+
+    Args:
+        member: (B,) member index of each row, in [0, members).
+        members: M.
+
+    Returns:
+        rows (M, W): the indices of member m's rows in row order, padded to the largest
+        group's size W with a repeat of a valid row; and valid (M, W), False on padding.
+    """
+    order = torch.argsort(member, stable=True)
+    counts = torch.bincount(member, minlength=members)
+    width = max(1, int(counts.max()))
+    slots = torch.arange(width, device=member.device)
+    valid = slots < counts.unsqueeze(1)
+    starts = torch.cumsum(counts, 0) - counts
+    positions = (starts.unsqueeze(1) + slots).clamp(max=len(member) - 1)
+    return order[positions], valid

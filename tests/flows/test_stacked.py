@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gflow_dist.flows.cnf import ContinuousFlow
-from gflow_dist.flows.stacked import StackedFlows
+from gflow_dist.flows.cnf import TRANSFORM_CHUNK, ContinuousFlow
+from gflow_dist.flows.stacked import StackedFlows, padded_groups
 
 
 def _flows(context_dim: int, stage_times: str = "rk4", members: int = 3) -> list[ContinuousFlow]:
@@ -76,3 +76,38 @@ def test_unstack_gives_back_each_members_state_dict():
 def test_flows_of_different_shapes_do_not_stack():
     with pytest.raises(ValueError, match="same shape"):
         StackedFlows([ContinuousFlow(3, 0, steps=10), ContinuousFlow(3, 0, steps=20)])
+
+
+@pytest.mark.parametrize("context_dim, stage_times", [(0, "rk4"), (3, "torchdyn-1.0.6")])
+def test_transform_is_each_members_own(context_dim, stage_times):
+    flows = _flows(context_dim, stage_times)
+    y, context = _rows(context_dim)
+    with torch.no_grad():
+        pushed = StackedFlows(flows).transform(y, context)
+        for member, flow in enumerate(flows):
+            expected = flow.transform(y[member], None if context is None else context[member])
+            torch.testing.assert_close(pushed[member], expected, rtol=1e-6, atol=1e-6)
+
+
+def test_transform_in_chunks_equals_one_solve():
+    """Above TRANSFORM_CHUNK rows over all members the CPU solves chunks; rows stay apart."""
+    flows = _flows(3, members=2)
+    stacked = StackedFlows(flows)
+    generator = torch.Generator().manual_seed(8)
+    y = torch.randn(2, TRANSFORM_CHUNK // 2 + 100, 3, generator=generator)
+    context = torch.randn(2, TRANSFORM_CHUNK // 2 + 100, 3, generator=generator)
+    with torch.no_grad():
+        chunked = stacked.transform(y, context)
+        whole = stacked._transform(y, context)
+    torch.testing.assert_close(chunked, whole, rtol=1e-6, atol=1e-6)
+
+
+def test_padded_groups_hold_every_row_once_in_order():
+    member = torch.tensor([2, 0, 2, 2, 1, 0, 2])
+    rows, valid = padded_groups(member, 4)
+    assert rows.shape == valid.shape == (4, 4)
+    assert valid.sum(dim=1).tolist() == [2, 1, 4, 0]
+    assert rows[0, :2].tolist() == [1, 5] and rows[1, :1].tolist() == [4]
+    assert rows[2].tolist() == [0, 2, 3, 6]
+    assert sorted(rows[valid].tolist()) == list(range(7))
+    assert (member[rows[valid]] == torch.arange(4).repeat_interleave(valid.sum(dim=1))).all()

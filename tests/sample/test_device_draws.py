@@ -71,6 +71,23 @@ def test_every_member_draws_its_share(two_members):
     np.testing.assert_array_equal(same.numpy(), (member == 0).numpy())
 
 
+def test_stacked_members_push_each_row_through_its_own_member(two_members):
+    """The stacked CNF path equals each member's own flows, row by row."""
+    from gflow_dist.sample.counter_rng import proposal_draws
+
+    z, member = proposal_draws(7, 0, 3000, 2, torch.device("cpu"))
+    assert two_members._stacked_members() is not None
+    stars = two_members.transform_base(z, member)
+    for index, flows in enumerate(two_members.members):
+        rows = member == index
+        with torch.no_grad():
+            s_r, s_v = flows.transform(z[rows, :3], z[rows, 3:])
+        preprocessor = two_members.preprocessor
+        expected = np.concatenate([preprocessor.positions_inverse(s_r.double().numpy()),
+                                   preprocessor.velocities_inverse(s_v.double().numpy())], 1)
+        np.testing.assert_allclose(stars[rows].numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
 def test_device_rows_equal_the_host_rows(two_members):
     stars = next(two_members.iter_sample_tensors(4000, 9, 4096))
     frame = SolarFrame()
