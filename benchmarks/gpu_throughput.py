@@ -15,7 +15,7 @@ Sections:
    rows as ``draw_shard`` makes them (``catalog_tables``), in stars/s.
 2. ``train``: epochs of both flows (10 Adam minibatches each, then the validation loss
    and a checkpoint: paper §3.3) on ``--train-points`` mock particles, of one member alone
-   and of 10 members as one batched model (``train_members``), compiled unless
+   (``train_member``) and of 10 members as one batched model (``train_members``), compiled unless
    ``--eager``; seconds per member-epoch.
 
 Every timing synchronises the device before reading the clock and is the median of a few
@@ -50,7 +50,7 @@ from gflow_dist.catalog.shards import catalog_tables  # noqa: E402
 from gflow_dist.data.mock import MockGalaxy  # noqa: E402
 from gflow_dist.flows.batched_members import train_members  # noqa: E402
 from gflow_dist.flows.cnf_upsampler import CNFUpsampler  # noqa: E402
-from gflow_dist.flows.member import CNFArchitecture  # noqa: E402
+from gflow_dist.flows.member import CNFArchitecture, train_member  # noqa: E402
 from gflow_dist.flows.training import Recipe  # noqa: E402
 from gflow_dist.frame import SolarFrame  # noqa: E402
 from gflow_dist.preprocess import Preprocessor  # noqa: E402
@@ -162,15 +162,18 @@ def _member_jobs(device: torch.device, points: int, members: int, recipe: Recipe
 def member_epoch_seconds(device: torch.device, points: int, members: int, epochs: int,
                          compile: bool) -> float:
     """Seconds per member-epoch (one epoch of p(r) and one of p(v|r), with validation and
-    checkpoints) of ``members`` trained by ``train_members``: alone for 1, else as one
-    batched model; after a one-epoch warm-up (which holds any compilation)."""
+    checkpoints): one member alone by ``train_member``, or ``members`` as one batched model
+    by ``train_members``; after a one-epoch warm-up (which holds any compilation)."""
     def run(max_epochs: int) -> float:
         recipe = Recipe(max_epochs=max_epochs, refine=False, patience=10**6, compile=compile)
         with tempfile.TemporaryDirectory() as scratch:
             jobs = _member_jobs(device, points, members, recipe, Path(scratch))
             synchronise(device)
             start = time.perf_counter()
-            train_members(jobs)
+            if members == 1:
+                train_member(**jobs[0])
+            else:
+                train_members(jobs)
             synchronise(device)
             return time.perf_counter() - start
 

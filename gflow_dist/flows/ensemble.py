@@ -1,9 +1,11 @@
 """An ensemble of flow pairs p(r)·p(v|r) behind the upsampler interface (CNF and MAF).
 
 Members are trained independently from per-member seeds on the same preprocessed train
-particles (eqs. 9–11). The ensemble density is the mean of the member densities; an
-ensemble draw picks a member uniformly at random for every star (paper §3.3). Densities
-are returned in physical units by adding the log-Jacobians of the preprocessing.
+particles (eqs. 9–11), a group of CNF members as one batched model
+(:mod:`gflow_dist.flows.batched_members`). The ensemble density is the mean of the member
+densities; an ensemble draw picks a member uniformly at random for every star (paper
+§3.3), on the model's device (:mod:`gflow_dist.sample.device_draws`). Densities are
+returned in physical units by adding the log-Jacobians of the preprocessing.
 
 Subclasses differ only in the flows of a member, that is in their architecture
 (``architecture_type``), their ``kind`` and how the run config maps onto them.
