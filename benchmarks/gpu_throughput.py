@@ -27,11 +27,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,6 +38,7 @@ if str(ROOT) not in sys.path:
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from gpu_cnf import PAPER_ENSEMBLE, fitted_upsampler, synchronise, timed  # noqa: E402
 
 from gflow_dist.catalog.device_observables import (  # noqa: E402
     observables_tensor,
@@ -49,7 +48,6 @@ from gflow_dist.catalog.device_table import device_catalog_table  # noqa: E402
 from gflow_dist.catalog.shards import catalog_tables  # noqa: E402
 from gflow_dist.data.mock import MockGalaxy  # noqa: E402
 from gflow_dist.flows.batched_members import train_members  # noqa: E402
-from gflow_dist.flows.cnf_upsampler import CNFUpsampler  # noqa: E402
 from gflow_dist.flows.member import CNFArchitecture, train_member  # noqa: E402
 from gflow_dist.flows.training import Recipe  # noqa: E402
 from gflow_dist.frame import SolarFrame  # noqa: E402
@@ -58,41 +56,10 @@ from gflow_dist.preprocess import device as device_preprocess  # noqa: E402
 from gflow_dist.sample.counter_rng import proposal_draws  # noqa: E402
 from gflow_dist.sample.shards import Shard  # noqa: E402
 
-PAPER_ENSEMBLE = 10
-
-
-def synchronise(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(function: Callable[[], object], device: torch.device, repeats: int = 3) -> float:
-    """Median wall time of ``function`` [s] after one warm-up call."""
-    function()
-    times = []
-    for _ in range(repeats):
-        synchronise(device)
-        start = time.perf_counter()
-        function()
-        synchronise(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def ensemble(device: torch.device, members: int) -> CNFUpsampler:
-    """A CNF ensemble fitted for one epoch on 2000 mock particles, its member repeated."""
-    galaxy = MockGalaxy()
-    model = CNFUpsampler(galaxy.sun_position_kpc, galaxy.r_max_kpc,
-                         recipe=Recipe(max_epochs=1, patience=1, refine=False),
-                         ensemble_size=1)
-    model.fit(galaxy.particles(2000, seed=1), seed=0).to_device(device)
-    model.members = model.members * members
-    return model
-
 
 def bench_sampling(device: torch.device, batch: int, stars: int) -> list[dict]:
     """Stars (or proposals) per second of each stage and end to end."""
-    model = ensemble(device, PAPER_ENSEMBLE)
+    model = fitted_upsampler(device, PAPER_ENSEMBLE)
     frame = SolarFrame()
     seed = 2**63 + 12345
     z, member = proposal_draws(seed, 0, batch, PAPER_ENSEMBLE, device)

@@ -66,6 +66,57 @@ def _in_chunks(function: Callable[[Tensor, Tensor | None], Any], rows: Tensor,
     return torch.cat(parts)
 
 
+Field = Callable[[Tensor, Tensor, Tensor | None], Tensor]
+"""F(t, y, c): the vector field at latent time t of states y with conditioning c."""
+
+FieldWithDivergence = Callable[[Tensor, Tensor, Tensor | None], tuple[Tensor, Tensor]]
+"""F(t, y, c) and its divergence Tr(∂F/∂y), one value per state."""
+
+
+def _grid(start: float, end: float, steps: int, like: Tensor) -> tuple[list[Tensor], float]:
+    """The left ends of ``steps`` equal steps from ``start`` to ``end``, and the step."""
+    h = (end - start) / steps
+    return [torch.tensor(start + i * h, dtype=like.dtype, device=like.device)
+            for i in range(steps)], h
+
+
+def integrate(field: Field, z: Tensor, context: Tensor | None, steps: int,
+              stage_times: str) -> Tensor:
+    """dy/dt = F(t, y, c) from t = 0 (base draws z) to t = 1 by fixed-step RK4 (eq. 5).
+
+    States may carry any leading axes (rows, or members and rows); ``field`` keeps them.
+    """
+    times, h = _grid(0.0, 1.0, steps, z)
+    c1, c2, c3, c4 = STAGE_TIMES[stage_times]
+    y = z
+    for t in times:
+        k1 = field(t + c1 * h, y, context)
+        k2 = field(t + c2 * h, y + 0.5 * h * k1, context)
+        k3 = field(t + c3 * h, y + 0.5 * h * k2, context)
+        k4 = field(t + c4 * h, y + h * k3, context)
+        y = y + (h / 6.0) * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
+    return y
+
+
+def integrate_back_with_trace(field: FieldWithDivergence, y: Tensor, context: Tensor | None,
+                              steps: int, stage_times: str) -> tuple[Tensor, Tensor]:
+    """[y, ℓ] from t = 1 (data y) back to t = 0 with dℓ/dt = Tr ∂F/∂y (eqs. 7–8), ℓ(1) = 0.
+
+    Returns the base point z and ℓ(0), whose shape is that of y without its last axis.
+    """
+    times, h = _grid(1.0, 0.0, steps, y)
+    c1, c2, c3, c4 = STAGE_TIMES[stage_times]
+    ell = torch.zeros(y.shape[:-1], dtype=y.dtype, device=y.device)
+    for t in times:
+        k1, d1 = field(t + c1 * h, y, context)
+        k2, d2 = field(t + c2 * h, y + 0.5 * h * k1, context)
+        k3, d3 = field(t + c3 * h, y + 0.5 * h * k2, context)
+        k4, d4 = field(t + c4 * h, y + h * k3, context)
+        y = y + (h / 6.0) * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
+        ell = ell + (h / 6.0) * (d1 + 2.0 * d2 + 2.0 * d3 + d4)
+    return y, ell
+
+
 def standard_normal_log_prob(z: Tensor) -> Tensor:
     """log N(z; 0, I) summed over the last axis."""
     return -0.5 * (z * z).sum(dim=-1) - 0.5 * z.shape[-1] * _LOG_2PI
@@ -93,28 +144,12 @@ class ContinuousFlow(nn.Module):
         self.steps = steps
         self.stage_times = stage_times
 
-    def _grid(self, start: float, end: float, like: Tensor) -> tuple[list[Tensor], float]:
-        h = (end - start) / self.steps
-        times = [torch.tensor(start + i * h, dtype=like.dtype, device=like.device)
-                 for i in range(self.steps)]
-        return times, h
-
     def transform(self, z: Tensor, context: Tensor | None = None) -> Tensor:
         """Push base draws z (B, dim) from t = 0 to data space at t = 1."""
         return _in_chunks(self._transform, z, context, TRANSFORM_CHUNK)
 
     def _transform(self, z: Tensor, context: Tensor | None) -> Tensor:
-        times, h = self._grid(0.0, 1.0, z)
-        c1, c2, c3, c4 = STAGE_TIMES[self.stage_times]
-        f = self.field
-        y = z
-        for t in times:
-            k1 = f(t + c1 * h, y, context)
-            k2 = f(t + c2 * h, y + 0.5 * h * k1, context)
-            k3 = f(t + c3 * h, y + 0.5 * h * k2, context)
-            k4 = f(t + c4 * h, y + h * k3, context)
-            y = y + (h / 6.0) * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
-        return y
+        return integrate(self.field, z, context, self.steps, self.stage_times)
 
     def inverse_with_log_det(self, y: Tensor,
                              context: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -123,18 +158,8 @@ class ContinuousFlow(nn.Module):
 
     def _inverse_with_log_det(self, y: Tensor,
                               context: Tensor | None) -> tuple[Tensor, Tensor]:
-        times, h = self._grid(1.0, 0.0, y)
-        c1, c2, c3, c4 = STAGE_TIMES[self.stage_times]
-        div = self.field.with_divergence
-        ell = torch.zeros(y.shape[0], dtype=y.dtype, device=y.device)
-        for t in times:
-            k1, d1 = div(t + c1 * h, y, context)
-            k2, d2 = div(t + c2 * h, y + 0.5 * h * k1, context)
-            k3, d3 = div(t + c3 * h, y + 0.5 * h * k2, context)
-            k4, d4 = div(t + c4 * h, y + h * k3, context)
-            y = y + (h / 6.0) * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
-            ell = ell + (h / 6.0) * (d1 + 2.0 * d2 + 2.0 * d3 + d4)
-        return y, ell
+        return integrate_back_with_trace(self.field.with_divergence, y, context, self.steps,
+                                         self.stage_times)
 
     def log_prob(self, y: Tensor, context: Tensor | None = None) -> Tensor:
         """log p(y | c) in the flow's own (preprocessed) space, shape (B,)."""

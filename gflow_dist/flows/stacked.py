@@ -24,9 +24,10 @@ import torch
 from torch import Tensor, nn
 
 from gflow_dist.flows.cnf import (
-    STAGE_TIMES,
     TRANSFORM_CHUNK,
     ContinuousFlow,
+    integrate,
+    integrate_back_with_trace,
     standard_normal_log_prob,
 )
 from gflow_dist.flows.vector_field import gelu_derivative
@@ -172,40 +173,18 @@ class StackedFlows(nn.Module):
                          dim=1)
 
     def _transform(self, z: Tensor, context: Tensor | None) -> Tensor:
-        h = 1.0 / self.steps
-        c1, c2, c3, c4 = STAGE_TIMES[self.stage_times]
         weights, biases = list(self.weights), list(self.biases)
 
-        def f(t: Tensor, y: Tensor) -> Tensor:
-            return stacked_field(t, y, context, weights, biases)
+        def field(t: Tensor, y: Tensor, c: Tensor | None) -> Tensor:
+            return stacked_field(t, y, c, weights, biases)
 
-        y = z
-        for i in range(self.steps):
-            t = torch.tensor(i * h, dtype=z.dtype, device=z.device)
-            k1 = f(t + c1 * h, y)
-            k2 = f(t + c2 * h, y + 0.5 * h * k1)
-            k3 = f(t + c3 * h, y + 0.5 * h * k2)
-            k4 = f(t + c4 * h, y + h * k3)
-            y = y + (h / 6.0) * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
-        return y
+        return integrate(field, z, context, self.steps, self.stage_times)
 
     def inverse_with_log_det(self, y: Tensor,
                              context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Pull data y (M, B, dim) back to the base: z and ℓ(0) = −∫₀¹ Tr ∂F/∂y dt (M, B)."""
-        h = -1.0 / self.steps
-        times = [torch.tensor(1.0 + i * h, dtype=y.dtype, device=y.device)
-                 for i in range(self.steps)]
-        c1, c2, c3, c4 = STAGE_TIMES[self.stage_times]
-        div = self.field_with_divergence
-        ell = torch.zeros(y.shape[:2], dtype=y.dtype, device=y.device)
-        for t in times:
-            k1, d1 = div(t + c1 * h, y, context)
-            k2, d2 = div(t + c2 * h, y + 0.5 * h * k1, context)
-            k3, d3 = div(t + c3 * h, y + 0.5 * h * k2, context)
-            k4, d4 = div(t + c4 * h, y + h * k3, context)
-            y = y + (h / 6.0) * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
-            ell = ell + (h / 6.0) * (d1 + 2.0 * d2 + 2.0 * d3 + d4)
-        return y, ell
+        return integrate_back_with_trace(self.field_with_divergence, y, context, self.steps,
+                                         self.stage_times)
 
     def log_prob(self, y: Tensor, context: Tensor | None = None) -> Tensor:
         """log p(y | c) of each member at its own rows y (M, B, dim): shape (M, B), eq. 6."""

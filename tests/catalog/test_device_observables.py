@@ -18,7 +18,6 @@ from hats.pixel_math.spatial_index import compute_spatial_index
 from gflow_dist.catalog.device_healpix import device_index
 from gflow_dist.catalog.device_observables import observables_tensor, spatial_index_tensor
 from gflow_dist.catalog.observables import (
-    KMS_PER_KPC_MASYR,
     OBSERVABLE_COLUMNS,
     observables,
     observables_astropy,
@@ -26,19 +25,9 @@ from gflow_dist.catalog.observables import (
 from gflow_dist.data.mock import MockGalaxy
 from gflow_dist.errors import GflowError
 from gflow_dist.frame import SolarFrame
+from tests.catalog.test_observables import assert_agree_with_astropy, unit_vectors
 
 FRAME = SolarFrame()
-ROUNDING_KPC = 1e-13
-
-
-def _unit_vectors(lon_deg, lat_deg):
-    lon, lat = np.radians(lon_deg), np.radians(lat_deg)
-    return np.stack([np.cos(lat) * np.cos(lon), np.cos(lat) * np.sin(lon), np.sin(lat)], axis=1)
-
-
-def _separation_rad(lon1, lat1, lon2, lat2):
-    chord = np.linalg.norm(_unit_vectors(lon1, lat1) - _unit_vectors(lon2, lat2), axis=1)
-    return 2 * np.arcsin(chord / 2)
 
 
 @pytest.fixture(scope="module")
@@ -51,31 +40,10 @@ def stars():
     dec = np.concatenate([90 - 10 ** rng.uniform(-9, -2, 200), -90 + 10 ** rng.uniform(-9, -2, 200),
                           rng.uniform(-60, 60, 200)])
     distance = 10 ** rng.uniform(-3, 1, 600)
-    rep = CartesianRepresentation((_unit_vectors(ra % 360, dec) * distance[:, None]).T * u.kpc)
+    rep = CartesianRepresentation((unit_vectors(ra % 360, dec) * distance[:, None]).T * u.kpc)
     gc = ICRS(rep).transform_to(FRAME.astropy_frame()).cartesian.xyz.to_value(u.kpc).T
     edges = np.column_stack([gc, rng.normal(0.0, 80.0, (600, 3)) + (0.0, 220.0, 0.0)])
     return np.concatenate([galaxy, edges])
-
-
-def _assert_agree(fast, slow):
-    distance = slow["distance"]
-    rounding = ROUNDING_KPC / distance
-    for lon, lat in (("ra", "dec"), ("l", "b")):
-        assert np.all((fast[lon] >= 0) & (fast[lon] < 360))
-        sep = _separation_rad(fast[lon], fast[lat], slow[lon], slow[lat])
-        assert np.all(sep <= 1e-11 + rounding), (lon, sep.max())
-    assert np.all(np.abs(fast["distance"] - distance) <= 1e-12 * distance + ROUNDING_KPC)
-    np.testing.assert_allclose(fast["parallax"], 1.0 / fast["distance"], rtol=1e-15)
-    pm_total = np.hypot(slow["pmra"], slow["pmdec"])
-    helio_speed = np.hypot(pm_total * KMS_PER_KPC_MASYR * distance, slow["radial_velocity"])
-    axis_rounding = rounding / np.cos(np.radians(slow["dec"]))
-    for name, scale, slack in (("pmra", pm_total, axis_rounding),
-                               ("pmdec", pm_total, axis_rounding),
-                               ("radial_velocity", helio_speed, rounding)):
-        err = np.abs(fast[name] - slow[name])
-        assert np.all(err <= (1e-9 + slack) * scale + 1e-9), (name, (err / scale).max())
-    for name in ("x", "y", "z", "vx", "vy", "vz"):
-        np.testing.assert_array_equal(fast[name], slow[name])
 
 
 def test_observables_tensor_matches_numpy_and_astropy(stars):
@@ -83,8 +51,8 @@ def test_observables_tensor_matches_numpy_and_astropy(stars):
     assert tuple(got) == OBSERVABLE_COLUMNS
     assert all(column.dtype == torch.float64 for column in got.values())
     got = {name: column.numpy() for name, column in got.items()}
-    _assert_agree(got, observables(stars, FRAME))
-    _assert_agree(got, observables_astropy(stars, FRAME))
+    assert_agree_with_astropy(got, observables(stars, FRAME))
+    assert_agree_with_astropy(got, observables_astropy(stars, FRAME))
 
 
 def test_a_star_at_the_sun_gives_what_numpy_gives():

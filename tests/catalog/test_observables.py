@@ -35,20 +35,20 @@ FRAME = SolarFrame()
 ROUNDING_KPC = 1e-13
 
 
-def _unit_vectors(lon_deg, lat_deg):
+def unit_vectors(lon_deg, lat_deg):
     lon, lat = np.radians(lon_deg), np.radians(lat_deg)
     return np.stack([np.cos(lat) * np.cos(lon), np.cos(lat) * np.sin(lon), np.sin(lat)], axis=1)
 
 
-def _separation_rad(lon1, lat1, lon2, lat2):
-    chord = np.linalg.norm(_unit_vectors(lon1, lat1) - _unit_vectors(lon2, lat2), axis=1)
+def separation_rad(lon1, lat1, lon2, lat2):
+    chord = np.linalg.norm(unit_vectors(lon1, lat1) - unit_vectors(lon2, lat2), axis=1)
     return 2 * np.arcsin(chord / 2)
 
 
 def _stars_at(ra_deg, dec_deg, distance_kpc, rng):
     """Galactocentric rows of stars at given ICRS positions, with disk-like velocities."""
     rep = CartesianRepresentation(
-        (_unit_vectors(ra_deg, dec_deg) * distance_kpc[:, None]).T * u.kpc)
+        (unit_vectors(ra_deg, dec_deg) * distance_kpc[:, None]).T * u.kpc)
     gc = ICRS(rep).transform_to(FRAME.astropy_frame()).cartesian.xyz.to_value(u.kpc).T
     velocity = rng.normal(0.0, 80.0, (len(gc), 3)) + (0.0, 220.0, 0.0)
     return np.column_stack([gc, velocity])
@@ -69,14 +69,13 @@ def awkward_stars():
     return _stars_at(ra % 360, dec, distance, rng)
 
 
-def test_fast_path_matches_astropy_everywhere(awkward_stars):
-    fast, slow = observables(awkward_stars, FRAME), observables_astropy(awkward_stars, FRAME)
-    assert set(fast) == set(OBSERVABLE_COLUMNS) and set(slow) == set(OBSERVABLE_COLUMNS)
+def assert_agree_with_astropy(fast, slow):
+    """Fast-path observables ``fast`` equal astropy's ``slow`` to the stated tolerances."""
     distance = slow["distance"]
     rounding = ROUNDING_KPC / distance
     for lon, lat in (("ra", "dec"), ("l", "b")):
         assert np.all((fast[lon] >= 0) & (fast[lon] < 360))
-        sep = _separation_rad(fast[lon], fast[lat], slow[lon], slow[lat])
+        sep = separation_rad(fast[lon], fast[lat], slow[lon], slow[lat])
         assert np.all(sep <= 1e-11 + rounding), (lon, sep.max())
     assert np.all(np.abs(fast["distance"] - distance) <= 1e-12 * distance + ROUNDING_KPC)
     np.testing.assert_allclose(fast["parallax"], 1.0 / fast["distance"], rtol=1e-15)
@@ -91,6 +90,12 @@ def test_fast_path_matches_astropy_everywhere(awkward_stars):
         assert np.all(err <= (1e-9 + slack) * scale + 1e-9), (name, (err / scale).max())
     for name in ("x", "y", "z", "vx", "vy", "vz"):
         np.testing.assert_array_equal(fast[name], slow[name])
+
+
+def test_fast_path_matches_astropy_everywhere(awkward_stars):
+    fast, slow = observables(awkward_stars, FRAME), observables_astropy(awkward_stars, FRAME)
+    assert set(fast) == set(OBSERVABLE_COLUMNS) and set(slow) == set(OBSERVABLE_COLUMNS)
+    assert_agree_with_astropy(fast, slow)
 
 
 def test_the_sun_sits_exactly_where_configured():
@@ -117,7 +122,7 @@ def test_star_toward_the_galactic_centre_by_hand():
     rows[1, :3] = 0.0  # the Galactic centre itself, at rest
     out = observables(rows, FRAME)
     np.testing.assert_allclose(out["distance"], [1.0, FRAME.galcen_distance_kpc], rtol=1e-14)
-    sep = _separation_rad(out["ra"], out["dec"], *np.repeat([GALCEN_ICRS_DEG], 2, axis=0).T)
+    sep = separation_rad(out["ra"], out["dec"], *np.repeat([GALCEN_ICRS_DEG], 2, axis=0).T)
     assert np.all(sep < 1e-12)
     np.testing.assert_allclose(out["l"], 0.0, atol=1e-4)
     np.testing.assert_allclose(out["b"], 0.0, atol=1e-4)
