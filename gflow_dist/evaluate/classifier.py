@@ -13,6 +13,7 @@ inverse of its share, so unequal class sizes cannot bias the posteriors.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,6 +97,28 @@ class TrainedClassifier:
         return int(self.validation_labels.max()) + 1
 
 
+def keyed_checkpoint(checkpoint: Path, datasets: Sequence[np.ndarray],
+                     settings: ClassifierSettings, seed: int) -> Path:
+    """``<stem>-<key><suffix>`` beside ``checkpoint``, the key hashing everything the
+    training depends on: every class's rows, the settings and the seed.
+
+    So a rerun resumes a classifier only when it would train on the same stars the same
+    way; other keyed checkpoints of the same stem, and an unkeyed one, are stale and
+    removed.
+    """
+    digest = hashlib.sha256(repr((settings, seed, [len(rows) for rows in datasets])).encode())
+    for rows in datasets:
+        digest.update(np.ascontiguousarray(rows, dtype=np.float64).tobytes())
+    keyed = checkpoint.with_name(f"{checkpoint.stem}-{digest.hexdigest()[:16]}"
+                                 f"{checkpoint.suffix}")
+    stale = [*checkpoint.parent.glob(f"{checkpoint.stem}-{'?' * 16}{checkpoint.suffix}"),
+             checkpoint]
+    for path in stale:
+        if path != keyed:
+            path.unlink(missing_ok=True)
+    return keyed
+
+
 def train_classifier(datasets: Sequence[np.ndarray], settings: ClassifierSettings, seed: int,
                      checkpoint: Path, label: str = "classifier") -> TrainedClassifier:
     """Train an N-class classifier telling the (n_c, 6) ``datasets`` apart.
@@ -104,7 +127,8 @@ def train_classifier(datasets: Sequence[np.ndarray], settings: ClassifierSetting
         datasets: one array of phase-space rows [kpc, km/s] per class.
         settings: the network's shape and the budget.
         seed: seeds the weights, the validation split and the minibatch shuffles.
-        checkpoint: training state file; an existing one is resumed.
+        checkpoint: names the training state file, which is keyed by the data, settings
+            and seed (:func:`keyed_checkpoint`); one of the same key is resumed.
         label: names the classifier in progress lines.
     """
     if any(len(rows) < 2 for rows in datasets):
@@ -131,6 +155,6 @@ def train_classifier(datasets: Sequence[np.ndarray], settings: ClassifierSetting
     (x_fit, y_fit), (x_val, y_val) = tensors(fit_rows), tensors(val_rows)
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
     history = train(network, cross_entropy, x_fit, y_fit, x_val, y_val, settings.recipe, seed,
-                    checkpoint, label)
+                    keyed_checkpoint(checkpoint, datasets, settings, seed), label)
     network.eval()
     return TrainedClassifier(network, standardizer, history, rows[val_rows], labels[val_rows])
