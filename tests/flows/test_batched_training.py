@@ -93,7 +93,7 @@ def test_a_member_trained_in_the_batch_equals_itself_trained_alone(arrays, tmp_p
 
 
 class _Interrupt(Exception):
-    pass
+    """Raised by an epoch hook to stop a training midway, as a crash would."""
 
 
 def test_an_interrupted_group_resumes_to_the_uninterrupted_result(arrays, tmp_path):
