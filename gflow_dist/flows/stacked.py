@@ -30,7 +30,7 @@ from gflow_dist.flows.cnf import (
     integrate_back_with_trace,
     standard_normal_log_prob,
 )
-from gflow_dist.flows.vector_field import gelu_derivative
+from gflow_dist.flows.vector_field import compiled_for, gelu_derivative
 
 
 def stacked_field_with_divergence(t: Tensor, y: Tensor, context: Tensor | None,
@@ -75,33 +75,6 @@ def stacked_field(t: Tensor, y: Tensor, context: Tensor | None, weights: Sequenc
     for weight, bias in zip(weights[:-1], biases[:-1], strict=True):
         h = torch.nn.functional.gelu(torch.baddbmm(bias.unsqueeze(1), h, weight.transpose(1, 2)))
     return torch.baddbmm(biases[-1].unsqueeze(1), h, weights[-1].transpose(1, 2))
-
-
-def _unconditional_field_with_divergence(*args: object) -> tuple[Tensor, Tensor]:
-    return stacked_field_with_divergence(*args)
-
-
-def _conditional_field_with_divergence(*args: object) -> tuple[Tensor, Tensor]:
-    return stacked_field_with_divergence(*args)
-
-
-_compiled_fields: dict[bool, object] = {}
-
-
-def _compiled(conditional: bool) -> object:
-    """The compiled stacked field-and-divergence of p(v|r) (``conditional``) or p(r),
-    built on first use.
-
-    Dynamo keeps its graphs per code object, and one code object for both kinds of flow
-    needs a graph per (context or not, grad mode, whether y requires grad): at least 8,
-    dynamo's default recompile limit, past which it silently runs eagerly. So each kind
-    compiles through its own thin wrapper.
-    """
-    if conditional not in _compiled_fields:
-        wrapper = (_conditional_field_with_divergence if conditional
-                   else _unconditional_field_with_divergence)
-        _compiled_fields[conditional] = torch.compile(wrapper, dynamic=True)
-    return _compiled_fields[conditional]
 
 
 class StackedFlows(nn.Module):
@@ -153,8 +126,8 @@ class StackedFlows(nn.Module):
     def field_with_divergence(self, t: Tensor, y: Tensor,
                               context: Tensor | None) -> tuple[Tensor, Tensor]:
         """F (M, B, dim) and its exact divergence (M, B), eq. 8."""
-        function = (_compiled(context is not None) if self.compile
-                    else stacked_field_with_divergence)
+        function = (compiled_for(stacked_field_with_divergence, context is not None)
+                    if self.compile else stacked_field_with_divergence)
         return function(t, y, context, list(self.weights), list(self.biases))
 
     def transform(self, z: Tensor, context: Tensor | None = None) -> Tensor:

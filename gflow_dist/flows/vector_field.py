@@ -14,6 +14,8 @@ References:
 from __future__ import annotations
 
 import math
+import types
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -52,15 +54,26 @@ def _field_with_divergence(t: Tensor, y: Tensor, context: Tensor | None,
     return out, torch.einsum("ibh,ih->b", tangents, weights[-1])
 
 
-_compiled_field_with_divergence = None
+_compiled: dict[tuple[Callable, bool], Callable] = {}
 
 
-def _compiled() -> object:
-    """The compiled field-and-divergence, built on first use (compiling takes ~30 s)."""
-    global _compiled_field_with_divergence
-    if _compiled_field_with_divergence is None:
-        _compiled_field_with_divergence = torch.compile(_field_with_divergence, dynamic=True)
-    return _compiled_field_with_divergence
+def compiled_for(function: Callable, conditional: bool) -> Callable:
+    """``torch.compile(function, dynamic=True)`` for p(v|r) (``conditional``) or p(r),
+    built on first use (compiling takes ~30 s).
+
+    Dynamo keeps its graphs per code object, and one code object for both kinds of flow
+    needs a graph per (context or not, grad mode, whether y requires grad): 8 or more,
+    dynamo's default recompile limit, past which it silently runs eagerly. So each kind
+    compiles a copy of ``function`` with a code object of its own.
+    """
+    key = (function, conditional)
+    if key not in _compiled:
+        kind = "conditional" if conditional else "unconditional"
+        code = function.__code__.replace(co_name=f"{function.__name__}_{kind}")
+        copy = types.FunctionType(code, function.__globals__, code.co_name,
+                                  function.__defaults__, function.__closure__)
+        _compiled[key] = torch.compile(copy, dynamic=True)
+    return _compiled[key]
 
 
 class VectorField(nn.Module):
@@ -100,6 +113,7 @@ class VectorField(nn.Module):
                         context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """F(y, t | c) and its exact divergence Tr(∂F/∂y), shape (B,)."""
         layers = [*self.hidden, self.output]
-        function = _compiled() if self.compile else _field_with_divergence
+        function = (compiled_for(_field_with_divergence, context is not None)
+                    if self.compile else _field_with_divergence)
         return function(t, y, context, [layer.weight for layer in layers],
                         [layer.bias for layer in layers])

@@ -111,3 +111,16 @@ def test_padded_groups_hold_every_row_once_in_order():
     assert rows[2].tolist() == [0, 2, 3, 6]
     assert sorted(rows[valid].tolist()) == list(range(7))
     assert (member[rows[valid]] == torch.arange(4).repeat_interleave(valid.sum(dim=1))).all()
+
+
+def test_each_kind_of_flow_compiles_with_its_own_code_object():
+    """Dynamo keeps graphs per code object: p(r) and p(v|r) must not share one, or their
+    graph variants together pass the recompile limit and run eagerly."""
+    from gflow_dist.flows.stacked import stacked_field_with_divergence
+    from gflow_dist.flows.vector_field import compiled_for
+
+    conditional = compiled_for(stacked_field_with_divergence, True)
+    unconditional = compiled_for(stacked_field_with_divergence, False)
+    assert conditional is compiled_for(stacked_field_with_divergence, True)
+    codes = {fn.__wrapped__.__code__ for fn in (conditional, unconditional)}
+    assert len(codes) == 2 and stacked_field_with_divergence.__code__ not in codes
