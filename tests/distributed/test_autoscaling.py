@@ -143,12 +143,14 @@ def autoscaling_cluster():
 def _nodes(address: str) -> list[dict]:
     """The cluster's nodes as its own driver sees them (a subprocess: no session here)."""
     script = (f"import json, ray; ray.init(address={address!r}, logging_level='ERROR'); "
-              "print(json.dumps([{'alive': n['Alive'], 'resources': n['Resources']} "
+              "print('NODES', json.dumps([{'alive': n['Alive'], 'resources': n['Resources']} "
               "for n in ray.nodes()]))")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           timeout=120, env=_env())
     assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    # the driver may also print the autoscaler's events ("Resized to 0 CPUs.") on stdout
+    (line,) = [line for line in done.stdout.splitlines() if line.startswith("NODES ")]
+    return json.loads(line.removeprefix("NODES "))
 
 
 @pytest.mark.ray
