@@ -85,18 +85,19 @@ class Rate:
         return lines
 
 
-EPYC = "this project's 2-core AMD EPYC machine"
+CPU_MACHINE = "this project's 2-core AMD EPYC machine"
+GPU_MACHINE = "1 NVIDIA H200 (torch 2.11, CUDA 13.0)"
 
 CPU_SAMPLING = {
     "cnf": Rate(34_600.0, "stars/s per CPU worker",
                 "the batched device path on the CPU: 10 members as one stacked model, base "
                 "draws, float64 inverse, window, observables and HEALPix index into Arrow "
                 "tables, in one process (Ray and the shard's Parquet not included)",
-                f"1 core of {EPYC}", "OMP_NUM_THREADS=1 python benchmarks/gpu_throughput.py "
+                f"1 core of {CPU_MACHINE}", "OMP_NUM_THREADS=1 python benchmarks/gpu_throughput.py "
                 "--device cpu --batch 65536 --stars 262144 --sections sample"),
     "enbid": Rate(450_000.0, "stars/s per CPU worker",
                   "Ray Data sampling actors of 1 CPU, observables and HEALPix index included",
-                  EPYC, "OMP_NUM_THREADS=1 python benchmarks/scaling.py --json "
+                  CPU_MACHINE, "OMP_NUM_THREADS=1 python benchmarks/scaling.py --json "
                   "runs/scaling.json"),
 }
 """Sampling rate of one CPU worker, per upsampler."""
@@ -106,14 +107,14 @@ GPU_SAMPLING = {
                 "the per-member path from before the batched device path: 10 members, "
                 "batches of 2²⁰, flows on the GPU, base draws, inverse, window, observables "
                 "and HEALPix index on the host",
-                "1 NVIDIA H200 (torch 2.11, CUDA 13.0)", "python benchmarks/gpu_cnf.py",
+                GPU_MACHINE, "python benchmarks/gpu_cnf.py",
                 remeasure=GPU_THROUGHPUT),
 }
 """Sampling rate of one GPU, per upsampler."""
 
 PARTITION_WRITING = Rate(125_000.0, "rows/s per CPU",
                          "Ray Data's groupby by HEALPix partition into HATS Parquet "
-                         "(220–290k rows/s on 2 CPUs)", EPYC,
+                         "(220–290k rows/s on 2 CPUs)", CPU_MACHINE,
                          "OMP_NUM_THREADS=1 python benchmarks/scaling.py --json "
                          "runs/scaling.json")
 
@@ -122,13 +123,12 @@ CNF_CPU_TRAINING = Rate(240_000 / 31.0, "point-epochs/s of one flow per CPU core
                         "members as one batched model (ray.members_per_trainer) measured as "
                         "fast per member (7.1 against 7.4 s a member-epoch: python "
                         "benchmarks/gpu_throughput.py --device cpu --sections train "
-                        "--train-points 30000 --epochs 1)", EPYC,
+                        "--train-points 30000 --epochs 1)", CPU_MACHINE,
                         "python benchmarks/bench_cnf.py")
 
 CNF_GPU_TRAINING = Rate(1 / 1.4, "epochs/s of one flow per H200",
                         "one member alone, compiled, up to 240k train points (1.4 s an "
-                        "epoch: launch-bound)", "1 NVIDIA H200 (torch 2.11, CUDA 13.0)",
-                        "python benchmarks/gpu_cnf.py")
+                        "epoch: launch-bound)", GPU_MACHINE, "python benchmarks/gpu_cnf.py")
 """One member's training on a GPU; members trained as one batched model on a GPU
 (``ray.members_per_trainer`` > 1) are not measured: :func:`cnf_gpu_training` flags it."""
 
