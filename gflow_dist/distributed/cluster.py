@@ -31,7 +31,8 @@ LOCAL_WORKER_NICENESS = 0
 Ray's ``worker_niceness``, which each worker adds to the niceness it inherits (Ray's
 default 15). At 0 they run at the command's priority, so on a shared machine they are not
 starved by every other process; ``nice -n N gflow ...`` lowers them all together, and a
-``RAY_worker_niceness`` in the environment overrides it (docs/operations.md §6)."""
+``RAY_worker_niceness`` in the environment overrides it (docs/operations.md, "Worker
+priority")."""
 
 
 def check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
@@ -79,7 +80,7 @@ def ray_session(address: str | None = None) -> Iterator[None]:
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address is not None:
         check_reachable(address)
-    else:  # read by the raylet that ray.init starts, which passes it to every worker
+    else:  # the raylet that ray.init starts inherits it, and every worker from the raylet
         os.environ.setdefault(WORKER_NICENESS_VARIABLE, str(LOCAL_WORKER_NICENESS))
     try:
         ray.init(address=address or "local", include_dashboard=False,
