@@ -128,11 +128,11 @@ def _publish(args: argparse.Namespace, config: RunConfig) -> None:
 
 def _versions(args: argparse.Namespace) -> None:
     from gflow_dist.release.stores import open_store
-    from gflow_dist.release.versions import list_versions
+    from gflow_dist.release.versions import list_versions, rollback
 
     store = open_store(args.folder)
     if args.rollback:
-        store.point_latest(args.rollback)
+        rollback(store, args.rollback)
         print(f"{store.location}/latest -> {args.rollback}")
     published = list_versions(store)
     if not published:
@@ -235,7 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     versions_parser.add_argument("folder", help="ROOT/<name> of `gflow publish` (a folder, "
                                  "or s3://BUCKET/PREFIX/<name>)")
     versions_parser.add_argument("--rollback", metavar="VERSION",
-                                 help="switch `latest` to this version")
+                                 help="switch `latest` to this version (refused while "
+                                 "a publish of this catalog runs: it holds the lock)")
     versions_parser.set_defaults(handler=_versions)
     add_query_parser(commands)
     add_plot_parser(commands)

@@ -7,6 +7,7 @@
     gflow query runs/mock/catalog/cnf mean-pm --ra 167.47 --dec -4.2 --radius 15
     gflow query s3://BUCKET/releases/mock/latest/catalog/cnf cone --ra 130 --dec -45 --radius 5
     gflow plot runs/mock/catalog/cnf --out runs/mock/figures/cnf
+    gflow plot s3://BUCKET/releases/mock/latest/catalog/cnf --out figures/cnf
 
 Results go to stdout, progress to the log (stderr). Like :mod:`gflow_dist.cli`, this module
 imports lsdb, hats and matplotlib inside the handlers, so building the parser stays cheap.
@@ -104,7 +105,10 @@ def run_query(args: argparse.Namespace) -> None:
 
 def add_plot_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("plot", help="the paper's figures from a written catalog")
-    parser.add_argument("catalog", type=Path, help="DIR/catalog/<name> or its hats/ folder")
+    # a str, not a Path: Path("s3://b/k") would collapse the "//"
+    parser.add_argument("catalog", help="DIR/catalog/<name> or its hats/ folder; in a "
+                        "published release ROOT/NAME/latest/catalog/<name> (or v=...), "
+                        "ROOT a folder or s3://BUCKET/PREFIX")
     parser.add_argument("--out", type=Path, required=True, help="folder for the PNG files")
     parser.add_argument("--window", type=float, nargs=3, metavar=("RA", "DEC", "RADIUS"),
                         help="sky window [deg] (default: the paper's, around (167.47, -4.2))")
@@ -127,6 +131,6 @@ def run_plot(args: argparse.Namespace) -> None:
     check_writable_folder(args.out)
     figures = make_figures(query.hats_path(args.catalog), args.out,
                            window=SkyWindow(*window), order=args.order,
-                           title=args.catalog.name)
+                           title=args.catalog.rstrip("/").rsplit("/", 1)[-1])
     for path in figures:
         print(path)

@@ -27,6 +27,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
+from typing import Any
 
 import astropy.units as u
 import numpy as np
@@ -38,12 +39,14 @@ import pyarrow.parquet as pq
 from astropy_healpix import HEALPix
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
+from upath import UPath
 
 from gflow_dist.catalog.build import FIGURE_STARS_FILE
 from gflow_dist.catalog.observables import COLUMN_UNITS, observables
 from gflow_dist.catalog.skymaps import read_star_counts
 from gflow_dist.errors import GflowError, InputError
 from gflow_dist.frame import SolarFrame
+from gflow_dist.release.paths import Location
 
 Batch = pa.RecordBatch | pa.Table | pd.DataFrame
 Ranges = Mapping[str, tuple[float, float]]
@@ -89,18 +92,28 @@ PAPER_WINDOW = SkyWindow()
 """The paper's 15° window around (α, δ) = (167.47°, −4.2°), off the Galactic disk."""
 
 
-def iter_parquet_columns(source: Path, columns: Sequence[str],
+def _arrow_location(source: Location) -> tuple[str, Any]:
+    """(path, filesystem) for pyarrow: a local path and None, or a UPath's path in its
+    fsspec filesystem (e.g. s3fs, with the UPath's endpoint and credentials)."""
+    if isinstance(source, UPath):
+        return source.path, source.fs
+    return str(source), None
+
+
+def iter_parquet_columns(source: str | Location, columns: Sequence[str],
                          filter: pc.Expression | None = None) -> Iterator[pa.RecordBatch]:
     """Stream ``columns`` of a Parquet file, or of every Parquet file below a folder (a
-    HATS catalog's ``dataset/``), as record batches.
+    HATS catalog's ``dataset/``), as record batches; ``source`` is local, or a UPath into
+    an object store.
 
     Only the named columns are read (each once). ``filter`` (a pyarrow expression on data
     columns) skips row groups whose statistics exclude it.
     """
-    source = Path(source)
+    source = source if isinstance(source, UPath) else Path(source)
     if not source.exists():
         raise GflowError(f"{source} does not exist: pass a catalog's Parquet file or folder")
-    dataset = ds.dataset(source, format="parquet")
+    path, filesystem = _arrow_location(source)
+    dataset = ds.dataset(path, filesystem=filesystem, format="parquet")
     columns = list(dict.fromkeys(columns))
     missing = [name for name in columns if name not in dataset.schema.names]
     if missing:
@@ -309,11 +322,12 @@ def plot_sky_counts(counts: np.ndarray, out_path: Path, title: str = "") -> Path
     return _save(fig, out_path)
 
 
-def make_figures(hats_dir: Path, out_dir: Path, *, window: SkyWindow = PAPER_WINDOW,
+def make_figures(hats_dir: str | Location, out_dir: Path, *, window: SkyWindow = PAPER_WINDOW,
                  order: int = 5, bins: int = 200, corner_bins: int = 60,
                  ranges: Ranges | None = None, particles: np.ndarray | None = None,
                  frame: SolarFrame | None = None, title: str = "") -> list[Path]:
-    """Write the four figures of a HATS catalog to ``out_dir``; return their paths.
+    """Write the four figures of the HATS catalog ``hats_dir`` (a local folder, or a UPath
+    into an object store) to ``out_dir``; return their paths.
 
     The window's histograms come from the catalog's figure stars (a uniform random subset,
     :data:`~gflow_dist.catalog.build.FIGURE_STARS_FILE`) in two streamed passes: its
@@ -322,7 +336,7 @@ def make_figures(hats_dir: Path, out_dir: Path, *, window: SkyWindow = PAPER_WIN
     the parent particles drawn over the vx–vy map where they fall in ``window`` (seen from
     ``frame``, default :class:`SolarFrame`).
     """
-    hats_dir = Path(hats_dir)
+    hats_dir = hats_dir if isinstance(hats_dir, UPath) else Path(hats_dir)
     stars = hats_dir / FIGURE_STARS_FILE
     if not stars.exists():
         raise InputError(f"{hats_dir} has no {FIGURE_STARS_FILE}: the catalog was written "
@@ -343,7 +357,8 @@ def make_figures(hats_dir: Path, out_dir: Path, *, window: SkyWindow = PAPER_WIN
     parents = None
     if particles is not None:
         parents = window_particles(particles, frame or SolarFrame(), window)[:, 3:5]
-    shown = pq.read_metadata(stars).num_rows
+    path, filesystem = _arrow_location(stars)
+    shown = pq.read_metadata(path, filesystem=filesystem).num_rows
     where = (f"{title} stars within {window.describe()} (a uniform subset: {shown:,} of "
              f"{int(counts.sum()):,})").strip()
     out_dir = Path(out_dir)

@@ -25,6 +25,15 @@ CONNECT_TIMEOUT_S = 5.0
 PROGRESS_S = 15.0
 """How often a stage waiting for nodes says what it waits for [s]."""
 
+WORKER_NICENESS_VARIABLE = "RAY_worker_niceness"
+LOCAL_WORKER_NICENESS = 0
+"""How much nicer than the ``gflow`` command the workers of a private local cluster run:
+Ray's ``worker_niceness``, which each worker adds to the niceness it inherits (Ray's
+default 15). At 0 they run at the command's priority, so on a shared machine they are not
+starved by every other process; ``nice -n N gflow ...`` lowers them all together, and a
+``RAY_worker_niceness`` in the environment overrides it (docs/operations.md, "Worker
+priority")."""
+
 
 def check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
     """Raise AccessError unless ``address`` (``host:port`` or ``ray://host:port``) answers.
@@ -55,7 +64,8 @@ def ray_session(address: str | None = None) -> Iterator[None]:
 
     ``address`` None falls back to ``RAY_ADDRESS``; without either, a new local cluster
     is started for this process alone (``address="local"``), never a cluster that
-    ``ray start`` left on the machine. A given address must answer within
+    ``ray start`` left on the machine; its workers run at this process's niceness
+    (:data:`LOCAL_WORKER_NICENESS`). A given address must answer within
     :data:`CONNECT_TIMEOUT_S`. A session this function started is shut down on exit.
     Ray's log deduplication is turned off (unless ``RAY_DEDUP_LOGS`` is set) before Ray is
     first imported, because it would swallow the progress lines of all but one ensemble
@@ -70,6 +80,8 @@ def ray_session(address: str | None = None) -> Iterator[None]:
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address is not None:
         check_reachable(address)
+    else:  # the raylet that ray.init starts inherits it, and every worker from the raylet
+        os.environ.setdefault(WORKER_NICENESS_VARIABLE, str(LOCAL_WORKER_NICENESS))
     try:
         ray.init(address=address or "local", include_dashboard=False,
                  logging_level=logging.WARNING, configure_logging=True)

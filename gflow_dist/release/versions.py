@@ -17,6 +17,8 @@ lives, a dead run's lock is taken over once its lease expires, and a run that lo
 stops before it commits or moves ``latest``. A rerun whose config and code match
 ``latest`` is a no-op unless forced; versions beyond ``keep`` are deleted, oldest first,
 never the one ``latest`` names, and so are the leftovers of runs that died mid-way.
+A rollback (``gflow versions --rollback``) moves ``latest`` under the same lock, so it
+never points ``latest`` at a version that a publish's retention is deleting.
 """
 
 from __future__ import annotations
@@ -54,6 +56,23 @@ def list_versions(store: ReleaseStore) -> list[dict[str, Any]]:
     """Every published version's manifest, oldest first, with ``latest`` marked."""
     current = store.latest()
     return [store.manifest(v) | {"latest": v == current} for v in store.versions()]
+
+
+def rollback(store: ReleaseStore, version: str) -> None:
+    """Point ``latest`` of ``store`` back at the published ``version``, under the publish lock.
+
+    Without the lock, a rollback could land between a publish's retention choosing which
+    versions to delete (all but ``latest`` and the newest ``keep``) and deleting them, and
+    leave ``latest`` naming a deleted version. With it, a rollback during a publish is
+    refused (the lock's holder named) and leaves ``latest`` as it was.
+
+    Raises:
+        GflowError: ``version`` is not a published version of ``store``, or a publish (or
+            another rollback) holds the lock.
+    """
+    store.manifest(version)  # a wrong version is refused before the lock is taken
+    with store.lock():
+        store.point_latest(version)  # checks the version again, now that none may delete it
 
 
 def _pixel_counts(run: Path) -> dict[str, dict[str, int]]:

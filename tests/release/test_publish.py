@@ -91,6 +91,24 @@ def fake_run(config, out):
         (out / "models" / name / SPEC_FILE).write_text("{}")
 
 
+def rollback_during_retention(monkeypatch, store_class: type, location: str,
+                              publish_forced: Callable[[], str]) -> tuple[list[str], dict]:
+    """Publish three versions with ``keep=2``; while the third publish's retention deletes
+    the first, run ``gflow versions LOCATION --rollback <first>``, as a user could at that
+    moment. Returns the three versions and the rollback's exit status per deleted version."""
+    published = [publish_forced(), publish_forced()]
+    statuses: dict[str, int] = {}
+    delete = store_class.delete
+
+    def delete_as_a_rollback_races(store, version: str) -> None:
+        statuses[version] = main(["versions", location, "--rollback", version])
+        delete(store, version)
+
+    monkeypatch.setattr(store_class, "delete", delete_as_a_rollback_races)
+    published.append(publish_forced())
+    return published, statuses
+
+
 def _publish(root, *extra):
     return main(["publish", "configs/mock.yaml", "--out", str(root), "--name", "mock",
                  *TINY, *extra])
@@ -133,6 +151,28 @@ def test_publish_switches_latest_reruns_as_a_no_op_keeps_latest_on_failure_and_r
     assert main(["versions", str(folder), "--rollback", second]) == 0
     assert store.latest() == second
     assert f"* {second}" in capsys.readouterr().out
+
+
+def test_a_rollback_racing_a_publish_cannot_point_latest_at_a_version_it_deletes(
+        tmp_path, monkeypatch, capsys):
+    folder = tmp_path / "mock"
+    (first, second, third), statuses = rollback_during_retention(
+        monkeypatch, FolderStore, str(folder),
+        lambda: publish(load_config(None), tmp_path, "mock", fake_run, keep=2, force=True))
+    assert statuses == {first: EXIT_INPUT}  # refused: the publish holds the lock
+    assert f"another publish holds {folder / LOCK}" in capsys.readouterr().err
+    store = FolderStore(folder)
+    assert store.versions() == [second, third] and store.latest() == third
+    assert not (folder / LOCK).exists()
+    assert main(["versions", str(folder), "--rollback", second]) == 0  # once it is done
+    assert store.latest() == second and not (folder / LOCK).exists()
+
+
+def test_a_rollback_to_a_missing_version_changes_nothing(tmp_path, capsys):
+    missing = tmp_path / "no-such-release"
+    assert main(["versions", str(missing), "--rollback", "v=1"]) == EXIT_INPUT
+    assert "is not a published version" in capsys.readouterr().err
+    assert not missing.exists()  # not even the folder the lock would live in
 
 
 def test_a_held_lock_refuses_a_second_run(tmp_path):

@@ -24,6 +24,7 @@ from tests.release.test_publish import (
     fake_run,
     kill_while_holding_the_lock,
     race_for_the_lock,
+    rollback_during_retention,
 )
 
 TINY = [
@@ -88,6 +89,24 @@ def test_s3_publish_switches_latest_reruns_as_a_no_op_keeps_latest_on_failure_an
     assert _latest(client, prefix) == second
     out = capsys.readouterr().out
     assert f"* {second}" in out and f"latest: {root}/mock/{second}" in out
+
+
+def test_s3_a_rollback_racing_a_publish_cannot_point_latest_at_a_version_it_deletes(
+        s3, tmp_path, monkeypatch, capsys):
+    client, root = s3
+    prefix = root.removeprefix(f"s3://{BUCKET}/")
+    (first, second, third), statuses = rollback_during_retention(
+        monkeypatch, S3Store, f"{root}/mock",
+        lambda: publish(load_config(None), root, "mock", fake_run, keep=2, force=True,
+                        staging_root=tmp_path))
+    assert statuses == {first: EXIT_INPUT}  # refused: the publish holds the lock
+    assert f"another publish holds {root}/mock/.lock" in capsys.readouterr().err
+    assert S3Store(f"{root}/mock", None).versions() == [second, third]
+    assert _latest(client, prefix) == third
+    assert f"{prefix}/mock/.lock" not in _keys(client, prefix)
+    assert main(["versions", f"{root}/mock", "--rollback", second]) == 0  # once it is done
+    assert _latest(client, prefix) == second
+    assert f"{prefix}/mock/.lock" not in _keys(client, prefix)
 
 
 def test_s3_lock_is_a_conditional_put_that_refuses_a_second_run(s3, tmp_path):

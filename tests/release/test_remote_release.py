@@ -1,5 +1,6 @@
-"""Reading a published release in a bucket: lsdb, ``gflow query`` and ``gflow versions`` on
-``s3://BUCKET/PREFIX/NAME/latest`` give what they give on the same release in a folder.
+"""Reading a published release in a bucket: lsdb, ``gflow query``, ``gflow plot`` and
+``gflow versions`` on ``s3://BUCKET/PREFIX/NAME/latest`` give what they give on the same
+release in a folder.
 
 One small catalog is published as the same version to a folder release and to a release in
 the moto S3 bucket of conftest.py (``s3`` fixture); every read of the bucket copy goes
@@ -143,6 +144,25 @@ def test_gflow_query_on_the_bucket_prints_what_it_prints_locally(releases, capsy
             assert _gflow(capsys, "query", f"{local}/{version}/catalog/cnf", "cone", *CONE,
                           "--export", str(tmp_path / name))[0] == 0
             assert (tmp_path / f"s3-{name}").read_bytes() == (tmp_path / name).read_bytes()
+
+
+def test_gflow_plot_on_the_bucket_draws_what_it_draws_locally(releases, capsys, tmp_path):
+    local, remote = releases
+    window = ("--window", "130", "-45", "20", "--order", "2")
+    here = _gflow(capsys, "plot", f"{local}/latest/catalog/cnf", "--out",
+                  str(tmp_path / "here"), *window)
+    there = _gflow(capsys, "plot", f"{remote}/latest/catalog/cnf", "--out",
+                   str(tmp_path / "there"), *window)
+    assert here[0] == there[0] == 0, there[2]
+    figures = [Path(line).name for line in here[1].split()]
+    assert figures == [Path(line).name for line in there[1].split()]
+    assert len(figures) == 4
+    for name in figures:
+        assert (tmp_path / "there" / name).read_bytes() == (tmp_path / "here" / name).read_bytes()
+    missing = "v=20250101T000000000000Z-ffffffff"
+    status, _, err = _gflow(capsys, "plot", f"{remote}/{missing}/catalog/cnf", "--out",
+                            str(tmp_path / "missing"))
+    assert status == EXIT_INPUT and f"gflow versions {remote}" in err
 
 
 def test_gflow_versions_lists_the_bucket_release(releases, capsys):
