@@ -312,6 +312,12 @@ class EvaluateConfig(TrainingRecipeConfig):
         True, description="with truth: also the AUC of a classifier of fresh truth draws "
         "against each upsampler's stars (one more classifier per upsampler)"
     )
+    repeats: StrictInt = Field(
+        1, ge=1, description="R independent repeats of every test, each with its own star "
+        "draw, classifier initialisation and minibatch order; errors then cover the spread "
+        "between repeats (paper: 1, which leaves that spread unmeasured; 5 or more for "
+        "publication)"
+    )
 
 
 class SampleConfig(_Frozen):

@@ -24,10 +24,15 @@ from gflow_dist.evaluate.classifier import ClassifierSettings, TrainedClassifier
 from gflow_dist.evaluate.scores import (
     Estimate,
     PosteriorSums,
+    auc_stderr,
     binary_auc,
     class_pairs,
     one_vs_rest_auc,
 )
+
+MULTI_MODEL_CHECKPOINT = "multi_model.ckpt"
+"""The multi-model classifier's checkpoint name in its work folder (keyed, see
+:func:`~gflow_dist.evaluate.classifier.keyed_checkpoint`)."""
 
 
 @dataclass
@@ -39,7 +44,7 @@ class MultiModelResult:
         log_posterior: LP(C) ± standard error per upsampler (eq. 12).
         differences: LP(a) − LP(b) ± paired standard error, keyed "a - b".
         auc: for N = 2 {"binary": AUC of p(second|x)}; else one-vs-rest AUC per upsampler,
-            on the classifier's validation stars.
+            on the classifier's validation stars, each ± its standard error.
         test_log_posterior: (n_test, N) log p(C|x) of the test particles.
         classifier: the trained classifier (validation stars and labels inside).
     """
@@ -47,7 +52,7 @@ class MultiModelResult:
     names: list[str]
     log_posterior: dict[str, Estimate]
     differences: dict[str, Estimate]
-    auc: dict[str, float]
+    auc: dict[str, Estimate]
     test_log_posterior: np.ndarray
     classifier: TrainedClassifier
 
@@ -56,7 +61,7 @@ class MultiModelResult:
             "upsamplers": self.names,
             "log_posterior": {k: v.to_dict() for k, v in self.log_posterior.items()},
             "differences": {k: v.to_dict() for k, v in self.differences.items()},
-            "auc": self.auc,
+            "auc": {k: v.to_dict() for k, v in self.auc.items()},
             "n_test": len(self.test_log_posterior),
             "n_validation": len(self.classifier.validation_labels),
             "best_validation_loss": self.classifier.history.best_validation,
@@ -72,14 +77,21 @@ def summarize_posteriors(names: list[str], sums: PosteriorSums
     return scores, differences
 
 
-def validation_auc(classifier: TrainedClassifier, names: list[str]) -> dict[str, float]:
-    """AUC on the classifier's validation stars: for 2 upsamplers {"binary": AUC of
-    p(second|x)}, else the one-vs-rest AUC of each upsampler."""
+def validation_auc(classifier: TrainedClassifier, names: list[str]) -> dict[str, Estimate]:
+    """AUC ± standard error on the classifier's validation stars: for 2 upsamplers
+    {"binary": AUC of p(second|x)}, else the one-vs-rest AUC of each upsampler."""
     probabilities = np.exp(classifier.log_posterior(classifier.validation_rows))
     labels = classifier.validation_labels
     if len(names) == 2:
-        return {"binary": binary_auc(probabilities[:, 1], labels == 1)}
-    return dict(zip(names, one_vs_rest_auc(probabilities, labels), strict=True))
+        return {"binary": _auc_estimate(binary_auc(probabilities[:, 1], labels == 1),
+                                        labels == 1)}
+    return {name: _auc_estimate(auc, labels == c) for c, (name, auc) in
+            enumerate(zip(names, one_vs_rest_auc(probabilities, labels), strict=True))}
+
+
+def _auc_estimate(auc: float, positive: np.ndarray) -> Estimate:
+    n_positive = int(positive.sum())
+    return Estimate(auc, auc_stderr(auc, n_positive, len(positive) - n_positive))
 
 
 def multi_model_test(samples: Mapping[str, np.ndarray], test_particles: np.ndarray,
@@ -97,7 +109,8 @@ def multi_model_test(samples: Mapping[str, np.ndarray], test_particles: np.ndarr
     if len(names) < 2:
         raise ValueError(f"the multi-model test needs at least 2 upsamplers, got {names}")
     classifier = train_classifier([samples[n] for n in names], settings, seed,
-                                  workdir / "multi_model.ckpt", "classifier " + " vs ".join(names))
+                                  workdir / MULTI_MODEL_CHECKPOINT,
+                                  "classifier " + " vs ".join(names))
     test_output = classifier.log_posterior(test_particles)
     scores, differences = summarize_posteriors(names, PosteriorSums.of(test_output))
     return MultiModelResult(names, scores, differences, validation_auc(classifier, names),
@@ -105,8 +118,8 @@ def multi_model_test(samples: Mapping[str, np.ndarray], test_particles: np.ndarr
 
 
 def two_sample_auc(reference: np.ndarray, generated: np.ndarray, settings: ClassifierSettings,
-                   seed: int, checkpoint: Path, label: str) -> float:
-    """AUC of a binary classifier of ``reference`` against ``generated`` rows.
+                   seed: int, checkpoint: Path, label: str) -> Estimate:
+    """AUC ± standard error of a binary classifier of ``reference`` against ``generated``.
 
     Both sets are cut to the same size and halved: the classifier trains on the first
     halves (with its own validation split for early stopping) and the AUC is measured on
@@ -124,4 +137,4 @@ def two_sample_auc(reference: np.ndarray, generated: np.ndarray, settings: Class
     held_out = np.concatenate([reference[half:], generated[half:]])
     is_generated = np.arange(len(held_out)) >= size - half
     scores = classifier.log_posterior(held_out)[:, 1]
-    return binary_auc(scores, is_generated)
+    return _auc_estimate(binary_auc(scores, is_generated), is_generated)

@@ -78,7 +78,8 @@ def component_kl(galaxy: MockGalaxy, model: Upsampler, draws: Mapping[str, np.nd
 
 def component_scores(galaxy: MockGalaxy, models: Mapping[str, Upsampler],
                      stars: Mapping[str, np.ndarray], seed: int) -> dict[str, Any]:
-    """Per component: its weight and truth share, and each model's KL and reproduced share.
+    """Per component: its weight and truth share ± stderr, and each model's KL and reproduced
+    share.
 
     Args:
         galaxy: the labelled truth.
@@ -93,8 +94,10 @@ def component_scores(galaxy: MockGalaxy, models: Mapping[str, Upsampler],
              for k, name in enumerate(names)}
     weights = dict(zip(names, _weights(galaxy), strict=True))
     report: dict[str, Any] = {
-        "components": {name: {"weight": weights[name], "truth_share": float(share)}
-                       for name, share in zip(names, truth_share, strict=True)},
+        "components": {name: {"weight": weights[name],
+                              "truth_share": {"value": float(share), "stderr": float(error)}}
+                       for name, share, error in zip(names, truth_share, truth_error,
+                                                     strict=True)},
         "kl_nats": {}, "reproduced_share": {},
     }
     for name, model in models.items():

@@ -1,26 +1,28 @@
-"""The evaluation stage: classifier tests and truth scores, written as a report.
+"""The evaluation stage: classifier tests and truth scores, repeated, written as a report.
 
-For the fitted upsamplers of a run it computes
+For the fitted upsamplers of a run it computes, in each of ``evaluate.repeats``
+independent repeats (:mod:`gflow_dist.evaluate.repeats`: a fresh star draw, classifier
+initialisation and minibatch order each),
 
-- the multi-model classifier test (paper §5.3): LP(C) ± standard error per upsampler, the
-  pairwise differences with paired standard errors, and the AUCs;
+- the multi-model classifier test (paper §5.3): LP(C) per upsampler, the pairwise
+  differences and the AUCs;
 - the two-sample AUC of test particles against each upsampler (paper §5.2, secondary);
 - when the galaxy's density is known (the built-in mock galaxy): KL(truth ‖ model) in
-  nats for each upsampler with a density, and the two-sample AUC against fresh truth
-  draws, which the truth can supply without limit; and per labelled component (disks,
-  moving group, halo, cold stream) its KL and the share of its stars that each upsampler
-  reproduces (:mod:`gflow_dist.evaluate.components`), with panels of the moving group and
-  the stream;
+  nats over fresh truth draws for each upsampler with a density, and the two-sample AUC
+  against fresh truth draws; and per labelled component (disks, moving group, halo, cold
+  stream) its KL and the share of its stars that each upsampler reproduces
+  (:mod:`gflow_dist.evaluate.components`), with panels of the moving group and the stream;
 
-and writes ``report.json``, ``report.md`` (tables in the style of the paper's Table 1 /
-A1, and the classifier histograms as PNG), printing the table to the terminal.
+then combines the repeats into values with their within-repeat, between-repeat and total
+errors, and writes ``report.json`` and ``report.md`` (:mod:`gflow_dist.evaluate.rendering`)
+with the classifier histograms, printing the table to the terminal.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +30,16 @@ import numpy as np
 
 from gflow_dist.config import RunConfig
 from gflow_dist.data.ingest import mock_galaxy
+from gflow_dist.data.mock import MockGalaxy
 from gflow_dist.data.particles import ParticleSet
 from gflow_dist.evaluate.classifier import ClassifierSettings
 from gflow_dist.evaluate.comparisons import two_sample_auc
 from gflow_dist.evaluate.components import component_scores
-from gflow_dist.evaluate.draws import CLASSIFIER_STREAM, evaluation_seed
-from gflow_dist.evaluate.execution import ClassifierTestRunner, InProcessTests
+from gflow_dist.evaluate.draws import evaluation_seed
+from gflow_dist.evaluate.execution import ClassifierTestRunner, InProcessTests, RepeatOutcome
 from gflow_dist.evaluate.figures import classifier_histograms, fine_structure_panels
+from gflow_dist.evaluate.rendering import render_markdown, render_table
+from gflow_dist.evaluate.repeats import Sharing, combine_entries, plan_repeats
 from gflow_dist.evaluate.truth import kl_divergence
 from gflow_dist.provenance import run_metadata
 from gflow_dist.upsamplers.base import Upsampler
@@ -44,82 +49,156 @@ REPORT_MD = "report.md"
 HISTOGRAM_PNG = "classifier_histograms.png"
 FINE_STRUCTURE_PNG = "fine_structure.png"
 
+SHARING = {"log_posterior": Sharing.SHARED_REFERENCE, "differences": Sharing.SHARED_REFERENCE,
+           "two_sample_auc": Sharing.SHARED_REFERENCE, "auc": Sharing.INDEPENDENT,
+           "truth": Sharing.INDEPENDENT}
+"""What the repeats of each section share: the test particles are the same rows in every
+repeat (LP, its differences, and the particles-vs-stars AUC); the AUCs on each repeat's
+own validation stars and every truth score on fresh truth draws are independent."""
+
 logger = logging.getLogger(__name__)
 
 
-def _kl_entry(log_true: np.ndarray, log_model: np.ndarray) -> dict[str, Any]:
-    """KL(truth ‖ model) ± stderr over test particles inside the model's window.
+def kl_entry(log_true: np.ndarray, log_model: np.ndarray) -> dict[str, Any]:
+    """KL(truth ‖ model) ± stderr [nats] over truth draws inside the model's window.
 
-    The window excludes the rare test particles faster than every train particle, where
-    no upsampler places stars. The value is None (infinite) when the model has zero
-    density at some test particles inside it, as compact kernels do between them.
+    The window excludes the rare draws faster than every train particle, where no
+    upsampler places stars. The value is None (infinite) when the model has zero density
+    at some draws inside it, as compact kernels do between them.
     """
     zero = int(np.isneginf(log_model).sum())
     if zero > 0:
         return {"value": None, "stderr": None, "zero_density_count": zero,
-                "test_count": len(log_model)}
+                "draw_count": len(log_model)}
     value, error = kl_divergence(log_true, log_model)
     return {"value": value, "stderr": error, "zero_density_count": 0,
-            "test_count": len(log_model)}
+            "draw_count": len(log_model)}
 
 
-def _kl_text(entry: Mapping[str, Any]) -> str:
-    if entry["value"] is None:
-        return (f"∞ (zero density at {entry['zero_density_count']:,} of "
-                f"{entry['test_count']:,} test particles)")
-    return _pm(entry)
+def truth_scores(truth: MockGalaxy, models: Mapping[str, Upsampler],
+                 samples: Mapping[str, np.ndarray], n_draws: int, seed: int,
+                 settings: ClassifierSettings, truth_auc: bool, workdir: Path) -> dict[str, Any]:
+    """One repeat's scores against the known density ``truth``.
 
-
-def _truth_scores(config: RunConfig, models: Mapping[str, Upsampler],
-                  samples: Mapping[str, np.ndarray], test: ParticleSet,
-                  settings: ClassifierSettings, workdir: Path) -> dict[str, Any]:
-    truth = mock_galaxy(config)
-    log_true = truth.log_prob(test.phase_space)
+    Args:
+        truth: the mock galaxy.
+        models: the fitted upsamplers.
+        samples: each upsampler's classifier stars of this repeat.
+        n_draws: fresh truth draws that KL(truth ‖ model) is estimated on.
+        seed: the repeat's seed; every truth draw derives from it.
+        settings: the classifiers of ``truth_auc``.
+        truth_auc: also train a classifier of truth draws against each upsampler's stars.
+        workdir: the repeat's folder, where those classifiers checkpoint.
+    """
+    draws = truth.sample(n_draws, evaluation_seed(seed, 500))
+    log_true = truth.log_prob(draws)
     kl, auc = {}, {}
     for index, (name, model) in enumerate(models.items()):
         if model.has_density:
-            inside = model.window.contains(test.phase_space)
-            kl[name] = _kl_entry(log_true[inside], model.log_prob(test.phase_space)[inside])
+            inside = model.window.contains(draws)
+            kl[name] = kl_entry(log_true[inside], model.log_prob(draws[inside]))
             kl[name]["outside_window_count"] = int((~inside).sum())
-        if config.evaluate.truth_auc:
-            draws = truth.sample(2 * len(samples[name]),
-                                 evaluation_seed(config.seed, 100 + index))
-            draws = draws[model.window.contains(draws)][:len(samples[name])]
-            auc[name] = two_sample_auc(draws, samples[name], settings,
-                                       evaluation_seed(config.seed, 200 + index),
-                                       workdir / f"truth-{name}.ckpt", f"truth vs {name}")
-        scores = ([f"AUC {auc[name]:.4f}"] if name in auc else []) + (
-            [f"KL(truth ‖ {name}) {_kl_text(kl[name])} nats"] if name in kl else [])
-        if scores:
-            logger.info("truth vs %s: %s", name, ", ".join(scores))
-    components = component_scores(truth, models, samples, evaluation_seed(config.seed, 400))
+        if truth_auc:
+            fresh = truth.sample(2 * len(samples[name]), evaluation_seed(seed, 100 + index))
+            fresh = fresh[model.window.contains(fresh)][:len(samples[name])]
+            auc[name] = two_sample_auc(fresh, samples[name], settings,
+                                       evaluation_seed(seed, 200 + index),
+                                       workdir / f"truth-{name}.ckpt",
+                                       f"truth vs {name}").to_dict()
+    components = component_scores(truth, models, samples, evaluation_seed(seed, 400))
     return {"kl_nats": kl, "auc": auc, "components": components}
+
+
+def repeat_scores(config: RunConfig, models: Mapping[str, Upsampler], outcome: RepeatOutcome,
+                  test: ParticleSet, settings: ClassifierSettings,
+                  truth: MockGalaxy | None) -> dict[str, Any]:
+    """Every score of one repeat, each an entry ``{"value", "stderr", counts…}``."""
+    repeat, samples = outcome.repeat, outcome.samples
+    scores = outcome.result.to_dict()
+    if config.evaluate.two_sample:
+        scores["two_sample_auc"] = {
+            name: two_sample_auc(test.phase_space, samples[name], settings,
+                                 evaluation_seed(repeat.seed, 300 + index),
+                                 repeat.workdir / f"two-sample-{name}.ckpt",
+                                 f"particles vs {name}").to_dict()
+            for index, name in enumerate(models)
+        }
+    if truth is not None:
+        scores["truth"] = truth_scores(truth, models, samples, len(test), repeat.seed, settings,
+                                       config.evaluate.truth_auc, repeat.workdir)
+    _log_repeat(repeat.index, scores)
+    return scores
+
+
+def _log_repeat(index: int, scores: Mapping[str, Any]) -> None:
+    differences = ", ".join(f"LP({pair.replace(' - ', ') − LP(')}) {entry['value']:+.4f}"
+                            for pair, entry in scores["differences"].items())
+    kl = ", ".join(f"KL(truth ‖ {name}) " + ("∞" if entry["value"] is None
+                                              else f"{entry['value']:.4f}")
+                   for name, entry in scores.get("truth", {}).get("kl_nats", {}).items())
+    logger.info("evaluate: repeat %d: %s", index, "; ".join(filter(None, [differences, kl])))
+
+
+def combine_repeats(per_repeat: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The report's scores from every repeat's: each entry becomes value, within, between,
+    total, dof, interval95 and per_repeat (:func:`~gflow_dist.evaluate.repeats.combine_entries`),
+    combined as :data:`SHARING` says; what is the same in every repeat is kept once."""
+    first = per_repeat[0]
+    report: dict[str, Any] = {
+        "repeats": len(per_repeat),
+        "best_validation_loss": [scores["best_validation_loss"] for scores in per_repeat],
+    }
+    for key in first:
+        if key in report:
+            continue
+        sharing = SHARING.get(key)
+        report[key] = (_combine_tree([scores[key] for scores in per_repeat], sharing)
+                       if sharing is not None else first[key])
+    return report
+
+
+def _combine_tree(trees: Sequence[Any], sharing: Sharing) -> Any:
+    """Walk the repeats' nested score dicts in step, combining every estimate entry."""
+    first = trees[0]
+    if isinstance(first, Mapping) and "value" in first:
+        return combine_entries(trees, sharing)
+    if isinstance(first, Mapping):
+        return {key: _combine_tree([tree[key] for tree in trees], sharing) for key in first}
+    return first
 
 
 def evaluate(config: RunConfig, models: Mapping[str, Upsampler], train: ParticleSet,
              test: ParticleSet, out: Path,
              runner: ClassifierTestRunner | None = None) -> dict[str, Any]:
-    """Run every configured test on ``models`` and write the report under ``out``.
+    """Run every configured test on ``models``, repeated, and write the report under ``out``.
 
-    ``runner`` draws each upsampler's classifier stars once, and runs the multi-model test
-    on them (default: :class:`~gflow_dist.evaluate.execution.InProcessTests`); every other
-    score reuses the same stars.
+    ``runner`` draws each repeat's classifier stars and runs its multi-model test
+    (default: :class:`~gflow_dist.evaluate.execution.InProcessTests`); every other score
+    of the repeat reuses the same stars. The figures show repeat 0.
     """
     runner = runner or InProcessTests(config.sample.shard_size, config.sample.batch_size)
     settings = ClassifierSettings.from_config(config.evaluate)
-    workdir = out / "evaluation"
     limit = config.evaluate.max_test_particles
     if limit is not None and len(test) > limit:
         rng = np.random.default_rng(evaluation_seed(config.seed, 2000))
         test = test.subset(np.sort(rng.choice(len(test), limit, replace=False)))
     n_samples = max(2, round(config.evaluate.samples_per_particle * len(train)))
-    logger.info("evaluate: drawing %s stars per upsampler (%g per train particle)",
-                f"{n_samples:,}", config.evaluate.samples_per_particle)
-    samples = runner.draw(models, n_samples, config.seed)
-    result = runner.multi_model_test(samples, test.phase_space, settings,
-                                     evaluation_seed(config.seed, CLASSIFIER_STREAM), workdir)
-    report: dict[str, Any] = {
-        **result.to_dict(),
+    repeats = plan_repeats(config.seed, config.evaluate.repeats, out / "evaluation")
+    truth = (mock_galaxy(config) if config.evaluate.truth and config.galaxy.source == "mock"
+             else None)
+    logger.info("evaluate: %d repeat(s), each drawing %s stars per upsampler (%g per train "
+                "particle)", len(repeats), f"{n_samples:,}", config.evaluate.samples_per_particle)
+    per_repeat, figures = [], []
+    for outcome in runner.repeated_tests(models, n_samples, test.phase_space, settings, repeats):
+        per_repeat.append(repeat_scores(config, models, outcome, test, settings, truth))
+        if outcome.repeat.index == 0:
+            figures.append(classifier_histograms(outcome.result, out / HISTOGRAM_PNG))
+            if truth is not None:
+                figures.append(fine_structure_panels(truth, outcome.samples,
+                                                     evaluation_seed(config.seed, 401),
+                                                     out / FINE_STRUCTURE_PNG))
+    report = {
+        **combine_repeats(per_repeat),
         "samples_per_upsampler": n_samples,
         "samples_per_particle": config.evaluate.samples_per_particle,
         "n_train": len(train),
@@ -129,121 +208,10 @@ def evaluate(config: RunConfig, models: Mapping[str, Upsampler], train: Particle
                        "max_epochs": settings.recipe.max_epochs,
                        "patience": settings.recipe.patience,
                        "refine": settings.recipe.refine},
+        "metadata": run_metadata(config),
     }
-    figures = [classifier_histograms(result, out / HISTOGRAM_PNG)]
-    if config.evaluate.two_sample:
-        report["two_sample_auc"] = {
-            name: two_sample_auc(test.phase_space, samples[name], settings,
-                                 evaluation_seed(config.seed, 300 + index),
-                                 workdir / f"two-sample-{name}.ckpt", f"particles vs {name}")
-            for index, name in enumerate(models)
-        }
-    if config.evaluate.truth and config.galaxy.source == "mock":
-        report["truth"] = _truth_scores(config, models, samples, test, settings, workdir)
-        figures.append(fine_structure_panels(mock_galaxy(config), samples,
-                                             evaluation_seed(config.seed, 401),
-                                             out / FINE_STRUCTURE_PNG))
-    report["metadata"] = run_metadata(config)
     (out / REPORT_JSON).write_text(json.dumps(report, indent=2))
-    markdown = render_markdown(report, [f.name for f in figures])
-    (out / REPORT_MD).write_text(markdown)
+    (out / REPORT_MD).write_text(render_markdown(report, [f.name for f in figures]))
     logger.info("%s", render_table(report))
     logger.info("evaluate: report -> %s", out / REPORT_MD)
     return report
-
-
-def _pm(estimate: Mapping[str, float], digits: int = 4) -> str:
-    return f"{estimate['value']:.{digits}f} ± {estimate['stderr']:.{digits}f}"
-
-
-def _rows(report: Mapping[str, Any]) -> list[list[str]]:
-    truth = report.get("truth", {})
-    rows = []
-    for name in report["upsamplers"]:
-        kl = truth.get("kl_nats", {}).get(name)
-        rows.append([
-            name,
-            _pm(report["log_posterior"][name]),
-            f"{report['two_sample_auc'][name]:.4f}" if "two_sample_auc" in report else "–",
-            _kl_text(kl) if kl else "–",
-            f"{truth['auc'][name]:.4f}" if name in truth.get("auc", {}) else "–",
-        ])
-    return rows
-
-
-_HEADER = ["upsampler", "LP(C)", "AUC vs particles", "KL(truth‖model) [nats]", "AUC vs truth"]
-
-
-def render_table(report: Mapping[str, Any]) -> str:
-    """The scores as an aligned plain-text table, with the pairwise differences below."""
-    lines = _aligned([_HEADER, *_rows(report)], rule=True)
-    for pair, estimate in report["differences"].items():
-        sigma = estimate["value"] / estimate["stderr"] if estimate["stderr"] else float("inf")
-        lines.append(f"LP({pair.replace(' - ', ') − LP(')}) = {_pm(estimate)} ({sigma:+.1f}σ)")
-    auc = ", ".join(f"{k} {v:.4f}" for k, v in report["auc"].items())
-    lines.append(f"multi-model classifier AUC: {auc}")
-    components = report.get("truth", {}).get("components")
-    if components:
-        lines += ["", "per component: KL [nats] / share of its stars reproduced (1 = truth)"]
-        lines += _aligned(_component_rows(report["upsamplers"], components))
-    return "\n".join(lines)
-
-
-def _aligned(rows: list[list[str]], rule: bool = False) -> list[str]:
-    """Rows of cells as lines whose columns line up; ``rule`` underlines the first row."""
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True))
-             for row in rows]
-    return lines[:1] + ["  ".join("-" * w for w in widths)] + lines[1:] if rule else lines
-
-
-def _component_rows(names: list[str], components: Mapping[str, Any]) -> list[list[str]]:
-    """A header and one row per mock-galaxy component: weight, then KL and share per model."""
-    rows = [["component", "weight"] + [f"{n} KL / share" for n in names]]
-    for component, truth in components["components"].items():
-        row = [component, f"{truth['weight']:.3f}"]
-        for name in names:
-            kl = components["kl_nats"].get(name, {}).get(component)
-            share = components["reproduced_share"][name][component]
-            kl_text = "–" if kl is None else ("∞" if kl["value"] is None else
-                                              f"{kl['value']:.3f} ± {kl['stderr']:.3f}")
-            row.append(f"{kl_text} / {share['value']:.2f} ± {share['stderr']:.2f}")
-        rows.append(row)
-    return rows
-
-
-def render_markdown(report: Mapping[str, Any], figures: list[str]) -> str:
-    """``report.md``: the paper-style tables and the figures."""
-    lines = [
-        "# Upsampler evaluation",
-        "",
-        f"Multi-model classifier test (arXiv:2211.11765 §5.3) of {', '.join(report['upsamplers'])}"
-        f" on {report['n_test']:,} test particles; {report['samples_per_upsampler']:,} stars "
-        f"per upsampler ({report['samples_per_particle']:g} per train particle). Larger "
-        "(less negative) LP(C) is better; errors are 1σ standard errors of the mean.",
-        "",
-        "| " + " | ".join(_HEADER) + " |",
-        "|" + "---|" * len(_HEADER),
-        *("| " + " | ".join(row) + " |" for row in _rows(report)),
-        "",
-        "| difference | value ± paired stderr | significance |",
-        "|---|---|---|",
-    ]
-    for pair, estimate in report["differences"].items():
-        sigma = estimate["value"] / estimate["stderr"] if estimate["stderr"] else float("inf")
-        lines.append(f"| LP({pair.replace(' - ', ') − LP(')}) | {_pm(estimate)} | {sigma:+.1f}σ |")
-    auc = ", ".join(f"{k}: {v:.4f}" for k, v in report["auc"].items())
-    lines += ["", f"Multi-model classifier AUC (validation stars): {auc}.", ""]
-    components = report.get("truth", {}).get("components")
-    if components:
-        rows = _component_rows(report["upsamplers"], components)
-        lines += [
-            "Fine structure of the mock galaxy: per labelled component, KL(truth ‖ model) "
-            "over fresh draws of that component [nats], and the share of its stars that the "
-            "model reproduces (its stars in the region where the component holds most of the "
-            "density, over the truth's share there; 1 is perfect).", "",
-            "| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0]),
-            *("| " + " | ".join(row) + " |" for row in rows[1:]), "",
-        ]
-    lines += [f"![{name}]({name})" for name in figures]
-    return "\n".join(lines) + "\n"

@@ -91,6 +91,18 @@ def binary_auc(scores: np.ndarray, positive: np.ndarray) -> float:
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
+def auc_stderr(auc: float, n_positive: int, n_negative: int) -> float:
+    """Standard error of an AUC from ``n_positive`` and ``n_negative`` rows.
+
+    Hanley & McNeil (1982, Radiology 143, 29), eq. 1, with their exponential
+    approximations Q1 = A / (2 − A) and Q2 = 2A² / (1 + A).
+    """
+    q1, q2 = auc / (2.0 - auc), 2.0 * auc**2 / (1.0 + auc)
+    variance = (auc * (1.0 - auc) + (n_positive - 1) * (q1 - auc**2)
+                + (n_negative - 1) * (q2 - auc**2)) / (n_positive * n_negative)
+    return float(np.sqrt(max(variance, 0.0)))
+
+
 def one_vs_rest_auc(probabilities: np.ndarray, labels: np.ndarray) -> list[float]:
     """Per class c, the AUC of p(c|x) for separating class c from all the others."""
     return [binary_auc(probabilities[:, c], labels == c) for c in range(probabilities.shape[1])]

@@ -1,4 +1,4 @@
-"""The evaluation's classifier tests on Ray: sharded draws, a trainer actor, merged LP sums."""
+"""The evaluation's classifier tests on Ray: sharded draws, parallel repeats, merged LP sums."""
 
 from __future__ import annotations
 
@@ -17,6 +17,9 @@ from gflow_dist.evaluate.draws import (
     evaluation_plan,
     evaluation_seed,
 )
+from gflow_dist.evaluate.execution import InProcessTests
+from gflow_dist.evaluate.repeats import plan_repeats
+from gflow_dist.evaluate.report import combine_repeats
 from gflow_dist.evaluate.scores import PosteriorSums
 from gflow_dist.flows.training import Recipe
 from tests.conftest import R_MAX, SUN
@@ -67,11 +70,22 @@ def remote_draws(ray_cluster, saved_models):
 
 
 @pytest.fixture(scope="module")
-def distributed_result(remote_draws, mock_split, tmp_path_factory):
+def repeats(tmp_path_factory):
+    return plan_repeats(SEED, 3, tmp_path_factory.mktemp("eval"))
+
+
+@pytest.fixture(scope="module")
+def distributed_outcomes(ray_cluster, saved_models, mock_split, repeats):
+    """Three repeats run on Ray: on the 2-CPU test cluster they outnumber its CPUs."""
     _, test_half = mock_split
-    return RayClassifierTests(CONFIG).multi_model_test(
-        remote_draws, test_half.phase_space, SETTINGS, evaluation_seed(SEED, CLASSIFIER_STREAM),
-        tmp_path_factory.mktemp("eval"))
+    _, models = saved_models
+    return list(RayClassifierTests(CONFIG).repeated_tests(
+        models, N_SAMPLES, test_half.phase_space, SETTINGS, repeats))
+
+
+@pytest.fixture(scope="module")
+def distributed_result(distributed_outcomes):
+    return distributed_outcomes[0].result
 
 
 @pytest.mark.ray
@@ -104,6 +118,8 @@ def test_merged_shard_sums_equal_one_process_scoring_every_test_particle(distrib
 @pytest.mark.ray
 def test_distributed_test_equals_the_single_process_one_on_the_same_stars(
         distributed_result, remote_draws, mock_split, tmp_path):
+    """A classifier trained in a Ray task and one trained here, on the same stars and seed,
+    agree to float32 rounding (threads differ)."""
     _, test_half = mock_split
     assert all(len(rows) == N_SAMPLES for rows in remote_draws.values())
     local = multi_model_test(remote_draws, test_half.phase_space, SETTINGS,
@@ -117,17 +133,45 @@ def test_distributed_test_equals_the_single_process_one_on_the_same_stars(
     for name in remote.names:
         assert remote.log_posterior[name].value == pytest.approx(
             local.log_posterior[name].value, rel=1e-5)
-    assert remote.auc["binary"] == pytest.approx(local.auc["binary"], abs=1e-4)
+    assert remote.auc["binary"].value == pytest.approx(local.auc["binary"].value, abs=1e-4)
     assert remote.classifier.history.best_validation == pytest.approx(
         local.classifier.history.best_validation, rel=1e-5)
 
 
 @pytest.mark.ray
-def test_a_classifier_gpu_request_the_cluster_cannot_hold_fails_naming_the_key(
-        remote_draws, mock_split, tmp_path):
+def test_ray_repeats_equal_the_single_process_repeats(distributed_outcomes, saved_models,
+                                                      mock_split, repeats):
+    """Each repeat has its own stars and classifier; in one process the same seeds give the
+    same stars, and resuming the Ray-trained classifiers from their checkpoints gives the
+    same scores to 1e-9, repeat by repeat and once combined."""
     _, test_half = mock_split
+    _, models = saved_models
+    local = list(InProcessTests(CONFIG.sample.shard_size, CONFIG.sample.batch_size)
+                 .repeated_tests(models, N_SAMPLES, test_half.phase_space, SETTINGS, repeats))
+    assert [o.repeat.index for o in distributed_outcomes] == [0, 1, 2]
+    stars = [o.samples["narrow"] for o in distributed_outcomes]
+    assert not np.isin(stars[1][:, 0], stars[0][:, 0]).any()  # a fresh draw per repeat
+    for remote, here in zip(distributed_outcomes, local, strict=True):
+        for name in models:
+            np.testing.assert_array_equal(remote.samples[name], here.samples[name])
+        np.testing.assert_allclose(remote.result.test_log_posterior,
+                                   here.result.test_log_posterior, rtol=1e-9, atol=0)
+    combined = [combine_repeats([o.result.to_dict() for o in outcomes])
+                for outcomes in (distributed_outcomes, local)]
+    for section in ("log_posterior", "differences"):
+        for key, entry in combined[0][section].items():
+            for field in ("value", "within", "between", "total"):
+                assert entry[field] == pytest.approx(combined[1][section][key][field], rel=1e-9)
+    assert len(set(combined[0]["log_posterior"]["narrow"]["per_repeat"])) == 3
+
+
+@pytest.mark.ray
+def test_a_classifier_gpu_request_the_cluster_cannot_hold_fails_naming_the_key(
+        ray_cluster, saved_models, mock_split, tmp_path):
+    _, test_half = mock_split
+    _, models = saved_models
     config = build_config({"galaxy": {"source": "mock"},
                            "ray": {"num_gpus_per_classifier": 64}})
     with pytest.raises(GflowError, match="ray.num_gpus_per_classifier=64"):
-        RayClassifierTests(config).multi_model_test(remote_draws, test_half.phase_space,
-                                                    SETTINGS, SEED, tmp_path)
+        next(RayClassifierTests(config).repeated_tests(
+            models, N_SAMPLES, test_half.phase_space, SETTINGS, plan_repeats(SEED, 1, tmp_path)))
