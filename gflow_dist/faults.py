@@ -4,7 +4,9 @@ With the environment variable :data:`KILL_AT` set to one of the :data:`KILL_POIN
 process sends itself SIGKILL when it reaches that point: no ``finally``, no clean-up, as
 when a node is lost or the kernel's OOM killer strikes. ``tests/test_interrupted_runs.py``
 kills a run at each point and checks that the rerun finishes with the same outputs, byte
-for byte. Unset (always, outside those tests), a point costs one look-up.
+for byte. Unset (always, outside those tests), a point costs one look-up. It is meant
+for runs with the in-process runners: a Ray worker that inherits the variable dies at
+the point again each time Ray retries it.
 """
 
 from __future__ import annotations

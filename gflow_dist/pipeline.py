@@ -148,14 +148,14 @@ def train_one(config: RunConfig, name: str, out: Path, runners: Runners) -> Upsa
     directory = out / "models" / name
     key = training_key(config, name, recorded_ingest_key(out))
     key_file = directory / TRAINING_DIR / TRAINING_KEY_FILE
-    if key_file.exists() and key_file.read_text() == key:
-        if (directory / SPEC_FILE).exists():
-            logger.info("%s: already trained with this config -> %s", name, directory)
-            return upsamplers.load(directory)
-    else:  # checkpoints of another config, or of none recorded, must not be resumed
+    if not (key_file.exists() and key_file.read_text() == key):
+        # checkpoints of another config, or of none recorded, must not be resumed
         remove_folder(directory)
         key_file.parent.mkdir(parents=True)
         write_text_atomically(key_file, key)
+    elif (directory / SPEC_FILE).exists():  # without it, an interrupted training: resumed
+        logger.info("%s: already trained with this config -> %s", name, directory)
+        return upsamplers.load(directory)
     train, _ = read_ingested(out)
     model = upsamplers.create(name, config)
     section = getattr(config, name, None)
