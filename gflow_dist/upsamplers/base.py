@@ -126,10 +126,11 @@ class Upsampler(ABC):
         """Save to ``directory`` (created if needed); returns it.
 
         ``metadata`` (the run's config, seeds, frame and versions) is kept in ``spec.json``,
-        written last and whole: a model whose save was interrupted has none.
+        removed first and written last, whole: a model whose save was interrupted has none.
         """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
+        (directory / SPEC_FILE).unlink(missing_ok=True)
         self.save_weights(directory)
         spec = {"kind": self.kind, **self.spec(), "metadata": metadata or {}}
         write_text_atomically(directory / SPEC_FILE, json.dumps(spec, indent=2))
