@@ -1,10 +1,12 @@
 """What every folder gflow-dist publishes shares: units, provenance key, manifest and swap.
 
-A published folder (a sample ``DIR/samples/<name>``, a catalog's ``hats/`` or
-``stars.zarr``) is written whole into a hidden staging folder next to it,
-``.<name>.staging``, and swapped into place by :func:`publish_folder`, so a reader sees
-the old content or the new one, never a half-written mix. Its ``_manifest.json`` records
-the request that produced it; a rerun with the same request finds it and does nothing.
+A published folder (the particles ``DIR/particles``, a sample ``DIR/samples/<name>``, a
+catalog ``DIR/catalog/<name>`` or its ``stars.zarr``, figures) is written whole into a
+hidden staging folder next to it, ``.<name>.staging``, and swapped into place by
+:func:`publish_folder`, so a reader sees the old content or the new one, never a
+half-written mix; single files are replaced whole (:func:`write_text_atomically`). Its
+``_manifest.json`` records the request that produced it; a rerun with the same request
+finds it and does nothing.
 
 Every Parquet column carries its unit in the field metadata under :data:`UNIT_KEY`
 (astropy's canonical string, :data:`UNITS`) and catalog columns their IVOA UCD
@@ -16,6 +18,7 @@ different thing: :mod:`gflow_dist.release`.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -70,8 +73,31 @@ def staging_folder(directory: Path) -> Path:
     return directory.with_name(f".{directory.name}.staging")
 
 
+def write_text_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a hidden file renamed over it: a process killed
+    while writing leaves the old file (or none), never a truncated one."""
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(text)
+    os.replace(partial, path)
+
+
+def remove_folder(directory: Path) -> None:
+    """Remove ``directory`` so that it is gone at once: renamed to a hidden name, then
+    deleted. A process killed while deleting leaves the hidden folder (removed by the
+    next call), never a thinned ``directory`` that a rerun could mistake for its own."""
+    removed = directory.with_name(f".{directory.name}.removed")
+    shutil.rmtree(removed, ignore_errors=True)
+    if directory.exists():
+        directory.rename(removed)
+    shutil.rmtree(removed, ignore_errors=True)
+
+
 def publish_folder(staging: Path, directory: Path) -> None:
-    """Swap the finished ``staging`` folder into ``directory``; old content goes afterwards."""
+    """Swap the finished ``staging`` folder into ``directory``; old content goes afterwards.
+
+    A process killed between the two renames leaves ``directory`` absent for the rerun to
+    rebuild, and the old and new content in hidden folders beside it.
+    """
     retired = directory.with_name(f".{directory.name}.retired")
     shutil.rmtree(retired, ignore_errors=True)
     if directory.exists():

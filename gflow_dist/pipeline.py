@@ -25,8 +25,12 @@ Output layout under ``out``:
   particles are ingested.
 
 Progress goes to the ``gflow_dist.pipeline`` logger. Every stage is idempotent: a rerun
-with the same config finds its outputs and skips, and an interrupted training resumes
-from its checkpoints. Particles ingested from another
+with the same config finds its outputs and skips. A stage interrupted at any point, even
+by SIGKILL, leaves its previous complete output or none, and checkpoints its rerun
+resumes from: the particles, catalogs and figures are published whole
+(:func:`gflow_dist.outputs.publish_folder`), a model is complete once its ``spec.json``
+is written (last), training resumes from its epoch checkpoints and a catalog from its
+drawn shards (``tests/test_interrupted_runs.py``). Particles ingested from another
 source or selection are never reused: the stages refuse them
 (:func:`~gflow_dist.data.ingest.check_ingested`). Each stage takes the particles
 :func:`gflow_dist.preflight.check_job` already read, when it read them.
@@ -57,6 +61,12 @@ from gflow_dist.data.ingest import (
 )
 from gflow_dist.evaluate.execution import ClassifierTestRunner, InProcessTests
 from gflow_dist.evaluate.report import evaluate
+from gflow_dist.outputs import (
+    publish_folder,
+    remove_folder,
+    staging_folder,
+    write_text_atomically,
+)
 from gflow_dist.provenance import run_metadata
 from gflow_dist.sample.shards import ShardPlan
 from gflow_dist.sample.writer import write_samples
@@ -138,13 +148,14 @@ def train_one(config: RunConfig, name: str, out: Path, runners: Runners) -> Upsa
     directory = out / "models" / name
     key = training_key(config, name, recorded_ingest_key(out))
     key_file = directory / TRAINING_DIR / TRAINING_KEY_FILE
-    if (directory / SPEC_FILE).exists() and key_file.exists() and key_file.read_text() == key:
+    if not (key_file.exists() and key_file.read_text() == key):
+        # checkpoints of another config, or of none recorded, must not be resumed
+        remove_folder(directory)
+        key_file.parent.mkdir(parents=True)
+        write_text_atomically(key_file, key)
+    elif (directory / SPEC_FILE).exists():  # without it, an interrupted training: resumed
         logger.info("%s: already trained with this config -> %s", name, directory)
         return upsamplers.load(directory)
-    if key_file.exists() and key_file.read_text() != key:
-        shutil.rmtree(directory)  # stale checkpoints of another config must not be resumed
-    key_file.parent.mkdir(parents=True, exist_ok=True)
-    key_file.write_text(key)
     train, _ = read_ingested(out)
     model = upsamplers.create(name, config)
     section = getattr(config, name, None)
@@ -196,7 +207,7 @@ def run_sample(config: RunConfig, out: Path, runners: Runners,
 def write_run_record(config: RunConfig, out: Path) -> None:
     """``out/run.json``: the resolved config, seeds, frame and versions."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "run.json").write_text(json.dumps(run_metadata(config), indent=2))
+    write_text_atomically(out / "run.json", json.dumps(run_metadata(config), indent=2))
 
 
 def catalog_dir(out: Path, name: str) -> Path:
@@ -227,10 +238,13 @@ def run_catalog(config: RunConfig, out: Path, runners: Runners,
                     "-> %s%s", name, f"{manifest['rows']:,}", len(manifest["shards"]),
                     len(manifest["partitions"]), folder / "hats",
                     f" (+ {folder / 'stars.zarr'})" if config.catalog.zarr else "")
-        figures = make_figures(folder / "hats", out / "figures" / name,
-                               window=SkyWindow(ra, dec, radius), particles=train.phase_space,
-                               frame=frame, title=name)
-        logger.info("%s: %d figures -> %s", name, len(figures), out / "figures" / name)
+        figures_dir = out / "figures" / name
+        staging = staging_folder(figures_dir)
+        shutil.rmtree(staging, ignore_errors=True)
+        figures = make_figures(folder / "hats", staging, window=SkyWindow(ra, dec, radius),
+                               particles=train.phase_space, frame=frame, title=name)
+        publish_folder(staging, figures_dir)
+        logger.info("%s: %d figures -> %s", name, len(figures), figures_dir)
 
 
 def run_evaluate(config: RunConfig, out: Path, runners: Runners,

@@ -10,22 +10,24 @@ steps; where the work runs is the injected :class:`CatalogRunner`'s business
 (:class:`gflow_dist.catalog.local.LocalCatalogRunner` here, one shard after another;
 ``gflow_dist.distributed.catalog_stages.RayCatalogRunner`` on a Ray cluster):
 
-1. **Draw.** Every shard of the plan is drawn (or a complete one reused) into the staging
-   folder ``out_dir/.shards`` (:mod:`gflow_dist.catalog.shards`).
+1. **Draw.** Every shard of the plan is drawn (or a complete one reused) into the shard
+   folder beside the catalog folder, ``.<name>.shards`` (:func:`shard_folder`,
+   :mod:`gflow_dist.catalog.shards`).
 2. **Partition.** The shards' merged pixel counts give the partition plan
    (:mod:`gflow_dist.catalog.healpix`); the runner writes every partition, sorted, from
    the shard files, and its row count is checked against the plan; then the margin file
    of every partition and the star_id index file of every shard.
 3. **Publish.** The HATS metadata, the sky maps of the merged pixel counts
    (:mod:`gflow_dist.catalog.skymaps`), the figure stars (:data:`FIGURE_STARS_FILE`, the
-   first shards' stars) and the manifest are added, the margin and index metadata too;
-   the three folders, each written whole in its staging folder, are swapped into place
-   (:func:`gflow_dist.outputs.publish_folder`) one after the other, ``hats`` with its
-   manifest last, and ``collection.properties`` is written; the Zarr store is built from it (up to
-   ``catalog.zarr_max_stars`` stars) and the shard staging is removed. The manifest's
-   request (model hash, n, seed, shard and batch size, partitioning and margin, figure
-   stars, frame, metadata) makes a rerun with the same inputs a no-op; a run that stopped
-   between the swaps left the old manifest, so its rerun rebuilds all three.
+   first shards' stars) and the manifest are added, the margin and index metadata too,
+   ``collection.properties`` and the Zarr store built from the catalog (up to
+   ``catalog.zarr_max_stars`` stars). All of it is written in the staging folder
+   ``.<name>.staging`` and swapped into place as one folder
+   (:func:`gflow_dist.outputs.publish_folder`), so a reader sees the old collection or
+   the new one; then the shard folder is removed. The manifest's request (model hash, n,
+   seed, shard and batch size, partitioning and margin, figure stars, frame, metadata)
+   makes a rerun with the same inputs a no-op. A run interrupted before the swap leaves
+   the previous catalog and the shards drawn so far, which its rerun reuses.
 
 Nothing in this process grows with the number of stars: it merges per-pixel counts,
 writes per-partition and per-shard metadata and copies at most ``catalog.figure_stars`` stars; the
@@ -62,18 +64,20 @@ from gflow_dist.catalog.shards import ShardFiles, ShardSpec, merge_shard_counts
 from gflow_dist.catalog.skymaps import write_skymaps
 from gflow_dist.catalog.zarr_writer import write_zarr_catalog
 from gflow_dist.config import RunConfig
+from gflow_dist.faults import kill_point
 from gflow_dist.outputs import publish_folder, read_manifest, staging_folder, write_manifest
 from gflow_dist.sample.shards import ShardPlan
 from gflow_dist.upsamplers import model_hash
 from gflow_dist.upsamplers.base import SPEC_FILE
 
-SHARDS_DIR = ".shards"
 FIGURE_STARS_FILE = "figure_stars.parquet"
 """In the HATS folder: a uniform random subset of the stars (``catalog.figure_stars``)."""
 HATS_DIR = "hats"
 """The HATS catalog in the catalog folder; its margin and index are its siblings."""
 COLLECTION_FILE = "collection.properties"
 """In the catalog folder: the HATS collection of the catalog, its margin and its index."""
+ZARR_STORE = "stars.zarr"
+"""In the catalog folder: the catalog's stars as a Zarr store (``catalog.zarr``)."""
 
 logger = logging.getLogger(__name__)
 
@@ -124,8 +128,9 @@ def write_catalog(model_dir: Path, n: int, seed: int, out_dir: Path, config: Run
         model_dir: a saved upsampler (``spec.json`` + weights) on storage every worker sees.
         n: stars in the catalog; star_id runs 0..n-1.
         seed: the draw's seed; shard k draws with ``shard_seed(seed, k)``.
-        out_dir: the catalog folder: the collection, ``stars.zarr`` (``catalog.zarr``)
-            and, while running, the shard staging ``.shards/``.
+        out_dir: the catalog folder: the collection and ``stars.zarr`` (``catalog.zarr``),
+            replaced whole; beside it, while running, the shards (:func:`shard_folder`)
+            and the staging folder.
         config: ``sample.shard_size``, ``sample.batch_size``, the ``catalog`` partitioning
             and margin (``catalog.margin_arcsec`` [arcsec]) and the Solar frame (``galaxy``).
         metadata: flat provenance strings, stored in the schema metadata and as
@@ -152,30 +157,42 @@ def write_catalog(model_dir: Path, n: int, seed: int, out_dir: Path, config: Run
                "figure_stars": config.catalog.figure_stars,
                "metadata_sha256": hashlib.sha256(
                    json.dumps(metadata, sort_keys=True).encode()).hexdigest()}
-    hats, folder = out_dir / HATS_DIR, out_dir / SHARDS_DIR
-    manifest = read_manifest(hats)
+    shards = shard_folder(out_dir)
+    zarr = _wants_zarr(config, n, name)
+    manifest = read_manifest(out_dir / HATS_DIR)
     if manifest is None or manifest["request"] != request:
-        spec = ShardSpec.from_config(plan, folder, model, config)
+        spec = ShardSpec.from_config(plan, shards, model, config)
         stats = draw_shards(runner, model_dir, spec)
-        manifest = _partition_and_publish(plan, stats, folder, out_dir, name, config, metadata,
-                                          request, start, runner)
-    write_collection_properties(out_dir, name)
-    if config.catalog.zarr and n <= config.catalog.zarr_max_stars:
-        write_zarr_catalog(hats, out_dir / "stars.zarr")
-    elif config.catalog.zarr:
+        manifest = _partition_and_publish(plan, stats, shards, out_dir, name, config, metadata,
+                                          request, start, runner, zarr)
+    elif zarr:  # the catalog is unchanged; the store may be missing (catalog.zarr was off)
+        write_zarr_catalog(out_dir / HATS_DIR, out_dir / ZARR_STORE)
+    shutil.rmtree(shards, ignore_errors=True)
+    return manifest
+
+
+def shard_folder(out_dir: Path) -> Path:
+    """The hidden folder beside the catalog folder ``out_dir`` that holds its drawn shards
+    until the catalog is published."""
+    return out_dir.with_name(f".{out_dir.name}.shards")
+
+
+def _wants_zarr(config: RunConfig, n: int, name: str) -> bool:
+    """Whether the catalog of ``n`` stars gets its Zarr store; says why not when capped."""
+    if config.catalog.zarr and n > config.catalog.zarr_max_stars:
         logger.warning("%s: no Zarr store for %s stars, more than catalog.zarr_max_stars=%s: "
                        "one process copies the store from the HATS catalog, so large ones "
                        "are opt-in; raise catalog.zarr_max_stars to build it", name,
                        f"{n:,}", f"{config.catalog.zarr_max_stars:,}")
-    shutil.rmtree(folder, ignore_errors=True)
-    return manifest
+        return False
+    return config.catalog.zarr
 
 
 def write_collection_properties(out_dir: Path, catalog_name: str) -> None:
-    """Write ``out_dir/collection.properties`` (atomically): the HATS collection of
-    ``hats/`` (primary catalog), ``margin/`` (default margin) and ``index/`` (index on
-    star_id), so that ``lsdb.open_catalog(out_dir)`` opens the catalog with its margin and
-    ``id_search`` finds its index. Its content depends on the catalog name alone."""
+    """Write ``out_dir/collection.properties``: the HATS collection of ``hats/`` (primary
+    catalog), ``margin/`` (default margin) and ``index/`` (index on star_id), so that
+    ``lsdb.open_catalog(out_dir)`` opens the catalog with its margin and ``id_search``
+    finds its index. Its content depends on the catalog name alone."""
     text = "\n".join([
         "#HATS Collection",
         f"obs_collection={property_value(catalog_name)}",
@@ -184,12 +201,7 @@ def write_collection_properties(out_dir: Path, catalog_name: str) -> None:
         f"default_margin={MARGIN_DIR}",
         f"all_indexes={INDEX_COLUMN} {INDEX_DIR}",
         f"default_index={INDEX_COLUMN}", ""])
-    path = out_dir / COLLECTION_FILE
-    if path.exists() and path.read_text() == text:
-        return
-    partial = path.with_name(f".{COLLECTION_FILE}.partial")
-    partial.write_text(text)
-    partial.replace(path)
+    (out_dir / COLLECTION_FILE).write_text(text)
 
 
 def write_figure_stars(shard_files: list[Path], path: Path, limit: int,
@@ -227,10 +239,11 @@ def _worker_stats(stats: list[dict]) -> list[dict]:
     return sorted(workers.values(), key=lambda worker: worker["pid"])
 
 
-def _partition_and_publish(plan: ShardPlan, stats: list[dict], folder: Path, out_dir: Path,
+def _partition_and_publish(plan: ShardPlan, stats: list[dict], shards: Path, out_dir: Path,
                            name: str, config: RunConfig, metadata: dict[str, str],
-                           request: dict, start: float, runner: CatalogRunner) -> dict:
-    files = [ShardFiles.of(folder, row["index"]) for row in stats]
+                           request: dict, start: float, runner: CatalogRunner,
+                           zarr: bool) -> dict:
+    files = [ShardFiles.of(shards, row["index"]) for row in stats]
     wrong = [row["index"] for row, shard in zip(stats, plan, strict=True)
              if row["rows"] != shard.count]
     if wrong:
@@ -244,12 +257,10 @@ def _partition_and_publish(plan: ShardPlan, stats: list[dict], folder: Path, out
         raise RuntimeError(f"the shards' pixel counts hold {partitions.total_rows} stars, the "
                            f"plan {plan.total}; nothing published")
     order = margin_order(partitions, config.catalog.margin_arcsec)
-    # published in this order: the catalog, whose manifest a rerun checks, comes last
-    stagings = {staging_folder(out_dir / sub): out_dir / sub
-                for sub in (MARGIN_DIR, INDEX_DIR, HATS_DIR)}
-    margin_staging, index_staging, staging = stagings
-    for path in stagings:
-        shutil.rmtree(path, ignore_errors=True)
+    collection = staging_folder(out_dir)
+    shutil.rmtree(collection, ignore_errors=True)
+    hats_dir, margin_dir, index_dir = (collection / sub
+                                       for sub in (HATS_DIR, MARGIN_DIR, INDEX_DIR))
     shas = [row["sha256"] for row in stats]
     manifest = {"request": request, "rows": partitions.total_rows,
                 "partitions": [[p.order, p.pixel, c]
@@ -263,30 +274,34 @@ def _partition_and_publish(plan: ShardPlan, stats: list[dict], folder: Path, out
     schema = partition_schema(metadata, config.catalog.row_group_rows)
     try:
         rows = runner.write_partitions([f.parquet for f in files], partitions, schema,
-                                       staging / "dataset")
+                                       hats_dir / "dataset")
         check_partition_rows(rows, partitions)
-        skymaps = write_skymaps(staging, counts)
-        write_hats_metadata(staging, partitions, schema, name, config.catalog, metadata,
+        kill_point("partitions")
+        skymaps = write_skymaps(hats_dir, counts)
+        write_hats_metadata(hats_dir, partitions, schema, name, config.catalog, metadata,
                             skymaps)
-        write_figure_stars([f.parquet for f in files], staging / FIGURE_STARS_FILE,
+        write_figure_stars([f.parquet for f in files], hats_dir / FIGURE_STARS_FILE,
                            config.catalog.figure_stars, schema)
         margin = runner.write_margins([f.parquet for f in files], partitions, order, schema,
-                                      margin_staging / "dataset")
-        write_margin_metadata(margin_staging, partitions, margin, schema, name,
+                                      margin_dir / "dataset")
+        write_margin_metadata(margin_dir, partitions, margin, schema, name,
                               config.catalog.margin_arcsec, order)
+        kill_point("margin")
         index = runner.write_index([f.parquet for f in files], partitions,
-                                   index_staging / "dataset")
+                                   index_dir / "dataset")
         if sum(index.values()) != plan.total:
             raise RuntimeError(f"the star_id index holds {sum(index.values())} stars, the "
                                f"plan {plan.total}; nothing published")
-        write_index_metadata(index_staging, sorted(index), name)
+        write_index_metadata(index_dir, sorted(index), name)
+        kill_point("index")
         manifest["margin_rows"] = sum(margin.values())
         manifest["run"]["seconds"] = time.perf_counter() - start
-        write_manifest(staging, manifest)
+        write_manifest(hats_dir, manifest)
+        write_collection_properties(collection, name)
+        if zarr:
+            write_zarr_catalog(hats_dir, collection / ZARR_STORE)
     except BaseException:
-        for path in stagings:
-            shutil.rmtree(path, ignore_errors=True)
+        shutil.rmtree(collection, ignore_errors=True)
         raise
-    for path, published in stagings.items():
-        publish_folder(path, published)
+    publish_folder(collection, out_dir)
     return manifest

@@ -29,6 +29,7 @@ from gflow_dist.catalog.device_table import device_catalog_table
 from gflow_dist.catalog.healpix import PixelCounter, counting_order
 from gflow_dist.catalog.schema import catalog_schema, catalog_table, table_records
 from gflow_dist.config import RunConfig
+from gflow_dist.faults import kill_point
 from gflow_dist.flows.ensemble import FlowEnsemble
 from gflow_dist.frame import SolarFrame
 from gflow_dist.sample.shards import Shard, ShardPlan
@@ -192,6 +193,7 @@ def draw_shard(model: Upsampler, spec: ShardSpec, shard: Shard) -> dict:
     with partial.open("wb") as handle:
         np.savez(handle, record=json.dumps(stats), pixels=pixels, counts=counts)
     os.replace(partial, files.record)
+    kill_point("shard")
     return stats | {"sampled": True}
 
 

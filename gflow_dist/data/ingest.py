@@ -1,9 +1,11 @@
 """The ingest stage: read or generate particles, select the sphere, split train/test.
 
 Writes ``DIR/particles/train.parquet`` and ``test.parquet`` (the paper's 1:1 split,
-§5.3), ``DIR/particles/summary.json`` and, last, ``DIR/particles/ingest_key.json``: what
-the particles were made from (the source's content and the selection). The stage is
-deterministic in the config, so a rerun rewrites identical files. Later stages use the
+§5.3), ``DIR/particles/summary.json`` and ``DIR/particles/ingest_key.json``: what the
+particles were made from (the source's content and the selection). The folder is written
+whole in a staging folder and swapped into place (:func:`gflow_dist.outputs.publish_folder`),
+so an interrupted ingest leaves the particles of the last complete one, or none. The stage
+is deterministic in the config, so a rerun rewrites identical files. Later stages use the
 particles only when their key matches the config (:func:`check_ingested`).
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import json
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +25,8 @@ from gflow_dist.data.particles import ParticleSet
 from gflow_dist.data.readers import check_particle_file, read_particles, sha256_file
 from gflow_dist.data.selection import SelectionSummary, select_sphere, split_train_test, summarize
 from gflow_dist.errors import InputError
+from gflow_dist.faults import kill_point
+from gflow_dist.outputs import publish_folder, staging_folder
 from gflow_dist.provenance import run_metadata
 
 PARTICLES_DIR = "particles"
@@ -115,15 +120,20 @@ def ingest(config: RunConfig) -> Ingested:
 
 
 def write_ingested(ingested: Ingested, config: RunConfig, out: str | Path) -> Path:
-    """Write both halves and the summary under ``out/particles``; returns that folder."""
+    """Publish both halves, the summary and the ingest key as ``out/particles``, all at
+    once; returns that folder."""
     folder = Path(out) / PARTICLES_DIR
+    staging = staging_folder(folder)
+    shutil.rmtree(staging, ignore_errors=True)
     metadata = run_metadata(config)
-    write_particles(ingested.train, folder / TRAIN_FILE, metadata | {"split": "train"})
-    write_particles(ingested.test, folder / TEST_FILE, metadata | {"split": "test"})
+    write_particles(ingested.train, staging / TRAIN_FILE, metadata | {"split": "train"})
+    write_particles(ingested.test, staging / TEST_FILE, metadata | {"split": "test"})
+    kill_point("ingest")
     summary = asdict(ingested.summary) | {"train": len(ingested.train),
                                           "test": len(ingested.test)}
-    (folder / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
-    (folder / INGEST_KEY_FILE).write_text(json.dumps(ingested.key, indent=2, sort_keys=True))
+    (staging / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+    (staging / INGEST_KEY_FILE).write_text(json.dumps(ingested.key, indent=2, sort_keys=True))
+    publish_folder(staging, folder)
     return folder
 
 
@@ -149,7 +159,7 @@ def check_ingested(config: RunConfig, out: str | Path) -> bool:
     expected = ingest_key(config)
     if recorded == expected:
         return True
-    differ = ("no ingest key was recorded (an interrupted ingest or an older gflow-dist)"
+    differ = ("no ingest key was recorded (they were ingested by an older gflow-dist)"
               if recorded is None else
               "they differ in " + ", ".join(k for k in expected if recorded.get(k) != expected[k]))
     raise InputError(

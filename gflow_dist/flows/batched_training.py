@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from gflow_dist.faults import kill_point
 from gflow_dist.flows.cnf import LOG_DET_CHUNK, ContinuousFlow
 from gflow_dist.flows.member_adam import MemberAdam
 from gflow_dist.flows.stacked import StackedFlows
@@ -202,4 +203,5 @@ def _end_epoch(member: int, run: _MemberRun, stack: StackedFlows, optimizer: Mem
     elif done:
         run.finished = True
     run.save(stack, optimizer, member)
+    kill_point("member-epoch")
 

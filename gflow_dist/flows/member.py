@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from gflow_dist.flows.cnf import ContinuousFlow
 from gflow_dist.flows.flow_matching import flow_matching_loss
 from gflow_dist.flows.training import EpochHook, History, Recipe, train, validation_split
+from gflow_dist.outputs import write_text_atomically
 
 WEIGHTS_FILE = "weights.pt"
 HISTORY_FILE = "history.json"
@@ -224,9 +225,8 @@ def initial_member(architecture: FlowArchitecture, seed: int,
 
 def write_member(directory: Path, member: MemberFlows, histories: dict[str, History]) -> None:
     """Write a trained member's loss curves and, last and atomically, its weights."""
-    (directory / HISTORY_FILE).write_text(
-        json.dumps({name: h.to_dict() for name, h in histories.items()}, indent=1)
-    )
+    write_text_atomically(directory / HISTORY_FILE, json.dumps(
+        {name: h.to_dict() for name, h in histories.items()}, indent=1))
     temporary = directory / (WEIGHTS_FILE + ".tmp")
     torch.save({k: v.cpu() for k, v in member.state_dict().items()}, temporary)
     temporary.replace(directory / WEIGHTS_FILE)

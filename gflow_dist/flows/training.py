@@ -32,6 +32,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from gflow_dist.faults import kill_point
+
 EVAL_BATCH = 65_536
 """Rows per no-grad evaluation batch; bounds the validation pass's memory."""
 
@@ -211,6 +213,7 @@ def train(flow: nn.Module, loss_fn: LossFn, data: Tensor, context: Tensor | None
                 "phase_done": done, "stale_epochs": stale, "train": history.train,
                 "validation": history.validation, "best_validation": history.best_validation,
             }, checkpoint)
+            kill_point("flow-epoch")
         state = None
     flow.load_state_dict(best_state)
     return history

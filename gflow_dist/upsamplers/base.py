@@ -18,6 +18,7 @@ import numpy as np
 
 from gflow_dist.config import RunConfig
 from gflow_dist.data.particles import ParticleSet
+from gflow_dist.outputs import write_text_atomically
 from gflow_dist.sample.window import DrawStats, SelectionWindow, draw_in_window
 
 SPEC_FILE = "spec.json"
@@ -124,11 +125,13 @@ class Upsampler(ABC):
     def save(self, directory: str | Path, metadata: dict[str, str] | None = None) -> Path:
         """Save to ``directory`` (created if needed); returns it.
 
-        ``metadata`` (the run's config, seeds, frame and versions) is kept in ``spec.json``.
+        ``metadata`` (the run's config, seeds, frame and versions) is kept in ``spec.json``,
+        removed first and written last, whole: a model whose save was interrupted has none.
         """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
+        (directory / SPEC_FILE).unlink(missing_ok=True)
         self.save_weights(directory)
         spec = {"kind": self.kind, **self.spec(), "metadata": metadata or {}}
-        (directory / SPEC_FILE).write_text(json.dumps(spec, indent=2))
+        write_text_atomically(directory / SPEC_FILE, json.dumps(spec, indent=2))
         return directory

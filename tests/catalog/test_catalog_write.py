@@ -240,7 +240,9 @@ def test_changed_inputs_replace_the_catalog_and_failures_leave_it_untouched(enbi
         assert hats.read_hats(out / "index").catalog_info.total_rows == 5000
         # the drawn shards stay for the next run to reuse; no half-written catalog is left
         assert sorted(p.name for p in out.iterdir()) == [
-            ".shards", "collection.properties", "hats", "index", "margin"]
+            "collection.properties", "hats", "index", "margin"]
+        assert sorted(p.name for p in out.parent.iterdir() if p.name.startswith(".replace")) == [
+            ".replace.shards"]
 
 
 class _FailingIndexRunner(LocalCatalogRunner):

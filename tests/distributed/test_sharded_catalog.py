@@ -13,7 +13,7 @@ import pytest
 import xarray as xr
 
 from gflow_dist import upsamplers
-from gflow_dist.catalog.build import COLLECTION_FILE, SHARDS_DIR, draw_shards, write_catalog
+from gflow_dist.catalog.build import COLLECTION_FILE, draw_shards, shard_folder, write_catalog
 from gflow_dist.catalog.id_index import INDEX_DIR
 from gflow_dist.catalog.local import LocalCatalogRunner
 from gflow_dist.catalog.margins import MARGIN_DIR
@@ -120,7 +120,7 @@ def test_catalog_opens_in_lsdb_and_equals_the_in_process_build(sharded, in_proce
     for key in ("request", "rows", "partitions", "content_sha256", "shards", "margin_rows"):
         assert manifest[key] == theirs[key], key
     assert (in_process[0] / "stars.zarr").exists()
-    assert not (in_process[0] / SHARDS_DIR).exists()
+    assert not shard_folder(in_process[0]).exists()
     stars = lsdb.open_catalog(out).compute()
     assert len(stars) == N == manifest["rows"]
     np.testing.assert_array_equal(np.sort(stars["star_id"].to_numpy()), np.arange(N))
@@ -129,7 +129,7 @@ def test_catalog_opens_in_lsdb_and_equals_the_in_process_build(sharded, in_proce
     assert int(store["valid"].sum()) == N
     assert manifest["run"] == manifest["run"] | {"sampled": 4, "reused": 0}
     assert [row[1] for row in manifest["shards"]] == [1500, 1500, 1500, 500]
-    assert not (out / SHARDS_DIR).exists()
+    assert not shard_folder(out).exists()
 
 
 @pytest.mark.ray
@@ -169,15 +169,15 @@ def test_an_interrupted_run_reuses_finished_shards_and_redraws_the_rest(
         model_dir, sharded, reference, tmp_path):
     out = tmp_path / "enbid"
     first = draw_shards(RayCatalogRunner(CONFIG.ray), model_dir,
-                        _spec(model_dir, out / SHARDS_DIR), [0, 1, 3])
+                        _spec(model_dir, shard_folder(out)), [0, 1, 3])
     assert [row["sampled"] for row in first] == [True, True, True]
     # a crash mid-write leaves a partial file; a tampered shard must not be trusted
-    (out / SHARDS_DIR / "shard-000002.parquet.partial").write_bytes(b"half a file")
-    tampered = out / SHARDS_DIR / "shard-000001.parquet"
+    (shard_folder(out) / "shard-000002.parquet.partial").write_bytes(b"half a file")
+    tampered = shard_folder(out) / "shard-000001.parquet"
     table = pq.read_table(tampered)
     ra = table.schema.get_field_index("ra")
     pq.write_table(table.set_column(ra, table.schema.field(ra), pq.read_table(
-        out / SHARDS_DIR / "shard-000000.parquet").column("ra")), tampered)
+        shard_folder(out) / "shard-000000.parquet").column("ra")), tampered)
     manifest = write_sharded_catalog(model_dir, N, SEED, out, CONFIG, METADATA)
     assert manifest["run"]["sampled"] == 2 and manifest["run"]["reused"] == 2
     assert manifest["shards"] == sharded[1]["shards"]
@@ -191,7 +191,7 @@ def test_a_same_input_rerun_is_a_no_op(model_dir, sharded):
     before = [f.stat().st_mtime_ns for f in files]
     assert write_sharded_catalog(model_dir, N, SEED, out, CONFIG, METADATA) == manifest
     assert [f.stat().st_mtime_ns for f in files] == before
-    assert not (out / SHARDS_DIR).exists()
+    assert not shard_folder(out).exists()
 
 
 @pytest.mark.ray
