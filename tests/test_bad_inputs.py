@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -494,6 +495,39 @@ def test_a_dead_ray_address_fails_within_seconds(flags, environment, tmp_path):
     assert not out.exists()
 
 
+@pytest.fixture
+def unanswered_address():
+    """``127.0.0.1:port`` of a listener that never accepts: its backlog is full, so the
+    kernel drops a new connection's SYN and ``connect`` hangs instead of being refused."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        queued: list[socket.socket] = []
+        try:
+            for _ in range(16):
+                queued.append(socket.socket())
+                queued[-1].settimeout(0.5)
+                try:
+                    queued[-1].connect(listener.getsockname())
+                except TimeoutError:
+                    break
+            else:
+                pytest.fail("the listener's backlog never filled: connect() did not hang")
+            yield f"127.0.0.1:{listener.getsockname()[1]}"
+        finally:
+            for client in queued:
+                client.close()
+
+
+def test_an_address_that_never_answers_fails_after_the_connect_timeout(unanswered_address):
+    """README: a given address must accept a connection within 5 s."""
+    started = time.monotonic()
+    with pytest.raises(AccessError, match=rf"at {unanswered_address} does not answer "
+                                          r"\(timed out, waited at most 5 s\)"):
+        cluster.check_reachable(unanswered_address)
+    assert 5.0 <= time.monotonic() - started < 6.5
+
+
 def _crash(args, config):
     raise ZeroDivisionError("a stand-in for a bug")
 
@@ -536,5 +570,10 @@ def test_an_address_that_is_not_host_and_port_is_named(address):
         cluster.check_reachable(address)
 
 
-def test_auto_is_left_to_ray():
-    cluster.check_reachable("auto")  # the cluster `ray start` recorded: Ray resolves it
+def test_auto_is_left_to_ray(monkeypatch):
+    """``auto`` (the cluster `ray start` recorded) is Ray's to resolve: nothing connects."""
+    connections = []
+    monkeypatch.setattr(socket, "create_connection",
+                        lambda *args, **kwargs: connections.append(args))
+    cluster.check_reachable("auto")
+    assert connections == []

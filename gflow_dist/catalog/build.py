@@ -34,7 +34,8 @@ writes per-partition and per-shard metadata and copies at most ``catalog.figure_
 stars themselves are drawn and written by the runner's workers. Only the Zarr copy reads
 every star here, hence its cap.
 
-Both runners write the same bytes for the same model, plan and config.
+Both runners write the same bytes for the same model, plan and config, but for the
+manifest's ``run`` record (worker pids, timings, peak memory, shards reused).
 """
 
 from __future__ import annotations

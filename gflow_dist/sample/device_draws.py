@@ -10,11 +10,11 @@ accepted proposal, whatever the batch size: batches only decide how many proposa
 flight at once.
 
 What differs between devices: the flows run in float32, and a GPU's kernels round
-differently from a CPU's (and, for a handful of rows, a kernel's rounding can depend on
-how many rows share the call), so the same proposal lands ~1e-7 (relative) apart on
-either; a proposal within that distance of the window's edge can be kept on one and not
-on the other, which renumbers the stars after it. A draw is reproducible bit for bit on
-one device type, and to float32 rounding across them.
+differently from a CPU's (as a CPU's do for batches of 8 or fewer proposals against larger
+ones: docs/scaling.md), so the same proposal lands ~1e-7 (relative) apart on either; a
+proposal within that distance of the window's edge can be kept on one and not on the
+other, which renumbers the stars after it. A draw is reproducible bit for bit on one
+device type, and to float32 rounding across them.
 """
 
 from __future__ import annotations

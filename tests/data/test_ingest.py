@@ -279,7 +279,8 @@ def test_compact_slow_galaxy_is_not_flagged(tmp_path):
     ps, _ = galaxy()
     ps[:, :3] *= 0.2  # median radius ~0.7 kpc
     ps[:, 3:] *= 0.1  # speeds ~20 km/s
-    read_particles(load_bad(tmp_path, ps))
+    particles = read_particles(load_bad(tmp_path, ps))
+    np.testing.assert_array_equal(particles.phase_space, ps)  # read as they are: kpc, km/s
 
 
 def truncate(path: Path) -> None:

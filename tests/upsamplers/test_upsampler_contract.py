@@ -1,9 +1,9 @@
 """The contract every upsampler keeps, checked for each one the config can name.
 
 Each is built from a run config (small budgets), fitted on the mock galaxy's 2,000 train
-particles, and checked for: sample shape and the selection window; determinism for a
-seed; a save/load round trip through the registry; and, for those with a density, that
-it integrates to 1 over the window.
+particles, and checked for: sample shape and the selection window; the mean velocity and
+spread in z of the mock's truth; determinism for a seed; a save/load round trip through
+the registry; and, for those with a density, that it integrates to 1 over the window.
 """
 
 from __future__ import annotations
@@ -19,6 +19,9 @@ SMALL_BUDGETS = {
             "refine": False},
     "maf": {"ensemble_size": 1, "max_epochs": 3, "refine": False},
 }
+
+TRUTH_DRAWS = 400_000
+"""Exact mock draws the samples' moments are compared with."""
 
 
 def _needs_extra(name: str) -> None:
@@ -36,14 +39,34 @@ def fitted(request, mock_split):
     return upsamplers.create(name, config).fit(train_half, seed=3)
 
 
-def test_samples_have_the_shape_units_and_window(fitted, mock_split):
+@pytest.fixture(scope="module")
+def truth(mock_galaxy):
+    """(TRUTH_DRAWS, 6) exact draws from the mock galaxy the train particles come from."""
+    return mock_galaxy.sample(TRUTH_DRAWS, seed=99)
+
+
+def test_samples_have_the_shape_units_and_window(fitted, mock_split, truth):
+    """kpc and km/s, like the particles: the mean velocity and the spread in z are the
+    mock's to 4 standard errors, which count the noise of the 3,000 stars, of the 2,000
+    particles the model learnt from and of the truth's draws.
+
+    Not every moment holds to that: the kernel upsamplers (enbid, kde_mle) widen σ(vx)
+    by half and, losing kernel mass over the window's edge, shift ⟨x⟩ by 5 to 8 errors.
+    """
     stars = fitted.sample(3000, seed=1, batch_size=1024)
     assert stars.shape == (3000, 6) and stars.dtype == np.float64
     assert fitted.window.contains(stars).all()
     train_half, _ = mock_split
-    # kpc and km/s, like the particles: the mean rotation and the spread in z match
-    assert abs(stars[:, 4].mean() - train_half.velocities[:, 1].mean()) < 20.0
-    assert 0.3 < stars[:, 2].std() / train_half.positions[:, 2].std() < 3.0
+    per_star = 1 / len(stars) + 1 / len(train_half) + 1 / len(truth)
+    velocity = truth[:, 3:]
+    mean_error = velocity.std(axis=0) * np.sqrt(per_star)
+    offset = stars[:, 3:].mean(axis=0) - velocity.mean(axis=0)
+    assert (np.abs(offset) < 4 * mean_error).all(), f"mean velocity off by {offset} km/s"
+    z = truth[:, 2]
+    fourth_moment = ((z - z.mean()) ** 4).mean()
+    spread_error = np.sqrt((fourth_moment - z.var() ** 2) * per_star) / (2 * z.std())
+    spread = stars[:, 2].std()
+    assert abs(spread - z.std()) < 4 * spread_error, f"spread in z {spread} kpc, not {z.std()}"
 
 
 def test_a_seed_fixes_the_draw(fitted):
@@ -57,17 +80,18 @@ def test_save_and_load_round_trip(fitted, mock_split, tmp_path):
     loaded = upsamplers.load(tmp_path / fitted.kind)
     assert type(loaded) is type(fitted)
     np.testing.assert_array_equal(loaded.sample(500, seed=2), fitted.sample(500, seed=2))
-    _, test_half = mock_split
-    try:
-        expected = fitted.log_prob(test_half.phase_space[:300])
-    except TypeError:
-        return
-    np.testing.assert_allclose(loaded.log_prob(test_half.phase_space[:300]), expected,
-                               rtol=1e-6)
+    test_stars = mock_split[1].phase_space[:300]
+    if fitted.has_density:
+        np.testing.assert_array_equal(loaded.log_prob(test_stars), fitted.log_prob(test_stars))
+    else:
+        with pytest.raises(NotImplementedError, match="has no density"):
+            loaded.log_prob(test_stars)
 
 
 def test_density_integrates_to_one_over_the_window(fitted, mock_galaxy):
     """Importance sampling from g = (truth + broad + model) / 3, so q/g ≤ 3 stays bounded."""
+    if not fitted.has_density:
+        pytest.skip(f"{fitted.kind} has no density to integrate")
     n = 4000
     rng = np.random.default_rng(0)
     truth = mock_galaxy.sample(n, seed=5)
