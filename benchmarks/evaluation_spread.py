@@ -46,12 +46,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="runs/mock", help="a finished `gflow run` folder")
     parser.add_argument("--config", default="configs/mock.yaml")
     parser.add_argument("--runs", type=int, default=6)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="config overrides, as `gflow --set` (e.g. a smaller classifier "
+                        "budget: evaluate.batches_per_epoch=40)")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
 
     out = Path(args.out)
-    base = load_config(args.config)
+    base = load_config(args.config, args.set)
     models = {name: upsamplers.load(out / "models" / name) for name in base.upsamplers}
     train, test = read_ingested(out)
     pair = f"{base.upsamplers[0]} - {base.upsamplers[1]}"
@@ -60,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as scratch:
         for k in range(args.runs):
             config = load_config(args.config, [
-                f"seed={base.seed + SEED_OFFSET + k}", "evaluate.truth=false",
+                *args.set, f"seed={base.seed + SEED_OFFSET + k}", "evaluate.truth=false",
                 "evaluate.two_sample=false", "evaluate.truth_auc=false"])
             report = evaluate(config, models, train, test, Path(scratch) / f"run-{k}")
             runs.append(report["differences"][pair])
@@ -74,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     within = float(np.sqrt(np.mean([entry["within"] ** 2 for entry in runs])))
     summary = {
         "pair": pair, "runs": args.runs, "repeats": base.evaluate.repeats,
+        "overrides": args.set,
         "values": values.tolist(), "observed_std": observed,
         "reported_total_rms": reported, "reported_within_rms": within,
         "ratio_observed_to_total": observed / reported,

@@ -65,7 +65,7 @@ LEFT = {
     "index": (["catalog/.cnf.staging/index/dataset/*"],
               ["catalog/cnf", "catalog/.cnf.staging/hats/_manifest.json"]),
     "evaluation": (["catalog/enbid/hats/_manifest.json", "figures/enbid/sky_counts.png",
-                    "evaluation/multi_model-*.ckpt"], ["report.json", "report.md"]),
+                    "evaluation/repeat-0/multi_model-*.ckpt"], ["report.json", "report.md"]),
 }
 """Per stage: paths (glob patterns under the run folder) that its kill must have left, and
 ones that must not exist yet, which shows where in the job it struck."""

@@ -9,6 +9,7 @@ stream show whether an upsampler keeps them.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -23,6 +24,14 @@ from gflow_dist.data.mock import MockGalaxy  # noqa: E402
 from gflow_dist.evaluate.comparisons import MultiModelResult  # noqa: E402
 
 BINS = np.linspace(0.0, 1.0, 41)
+
+
+def _save(figure: plt.Figure, path: Path, dpi: int) -> None:
+    """Write the PNG through a hidden file renamed over ``path``: a process killed while
+    writing leaves the old figure (or none), never a truncated one."""
+    partial = path.with_name(f".{path.name}.partial")
+    figure.savefig(partial, dpi=dpi, format="png")
+    os.replace(partial, path)
 
 
 def _density_with_errors(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -54,7 +63,7 @@ def classifier_histograms(result: MultiModelResult, path: Path) -> Path:
     figure.suptitle("Multi-model classifier test: " + " vs ".join(names))
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
+    _save(figure, path, dpi=110)
     plt.close(figure)
     return path
 
@@ -102,6 +111,6 @@ def fine_structure_panels(galaxy: MockGalaxy, stars: Mapping[str, np.ndarray], s
                     f"stars within {STREAM_WINDOW_KMS:g} km/s of its mean velocity)")
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=100)
+    _save(figure, path, dpi=100)
     plt.close(figure)
     return path

@@ -41,6 +41,7 @@ from gflow_dist.evaluate.figures import classifier_histograms, fine_structure_pa
 from gflow_dist.evaluate.rendering import render_markdown, render_table
 from gflow_dist.evaluate.repeats import Sharing, combine_entries, plan_repeats
 from gflow_dist.evaluate.truth import kl_divergence
+from gflow_dist.outputs import write_text_atomically
 from gflow_dist.provenance import run_metadata
 from gflow_dist.upsamplers.base import Upsampler
 
@@ -210,8 +211,10 @@ def evaluate(config: RunConfig, models: Mapping[str, Upsampler], train: Particle
                        "refine": settings.recipe.refine},
         "metadata": run_metadata(config),
     }
-    (out / REPORT_JSON).write_text(json.dumps(report, indent=2))
-    (out / REPORT_MD).write_text(render_markdown(report, [f.name for f in figures]))
+    # each file whole or not at all (a killed evaluation reruns from its checkpoints);
+    # report.json last, as the stage's mark of completion
+    write_text_atomically(out / REPORT_MD, render_markdown(report, [f.name for f in figures]))
+    write_text_atomically(out / REPORT_JSON, json.dumps(report, indent=2))
     logger.info("%s", render_table(report))
     logger.info("evaluate: report -> %s", out / REPORT_MD)
     return report
