@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from gflow_dist.faults import kill_point
-from gflow_dist.flows.cnf import LOG_DET_CHUNK, ContinuousFlow
+from gflow_dist.flows.cnf import ContinuousFlow, log_det_chunk
 from gflow_dist.flows.member_adam import MemberAdam
 from gflow_dist.flows.stacked import StackedFlows
 from gflow_dist.flows.training import (
@@ -89,7 +89,7 @@ def _resume(runs: list[_MemberRun], stack: StackedFlows, optimizer: MemberAdam) 
 @torch.no_grad()
 def _validation_losses(stack: StackedFlows, data: Tensor, context: Tensor | None) -> list[float]:
     """Each member's mean negative log-likelihood of its validation rows (M,)."""
-    chunk = LOG_DET_CHUNK if data.device.type == "cpu" else EVAL_BATCH
+    chunk = log_det_chunk() if data.device.type == "cpu" else EVAL_BATCH
     total = torch.zeros(stack.members, dtype=torch.float64, device=data.device)
     for start in range(0, data.shape[1], chunk):
         rows = slice(start, start + chunk)

@@ -39,15 +39,23 @@ _LOG_2PI = math.log(2.0 * math.pi)
 TRANSFORM_CHUNK = 16_384
 """Rows per chunk of a graph-free ``transform`` (sampling)."""
 
-LOG_DET_CHUNK = 4_096
-"""Rows per chunk of a graph-free ``inverse_with_log_det`` (density evaluation).
+LOG_DET_ROWS_PER_THREAD = 2_048
+"""Rows per torch thread in a chunk of a graph-free ``inverse_with_log_det`` (density
+evaluation); see :func:`log_det_chunk`."""
 
-Without a graph the rows are independent, so big batches are solved a chunk at a time:
-the temporaries of a 65 536-row batch (8 MB per (B, 32) activation, 25 MB per (3, B, 32)
-tangent block) exceed glibc's mmap threshold, so every one of the ~1000 temporaries of a
-solve is a fresh mmap whose pages fault in (≈0.5 M page faults and ~1 s of system time per
-65 536-row ``transform`` on 2 cores). Chunks stay in the allocator's reused heap and in cache.
-"""
+
+def log_det_chunk() -> int:
+    """Rows per chunk of a graph-free ``inverse_with_log_det``: 2048 per torch thread.
+
+    Without a graph the rows are independent, so big batches are solved a chunk at a time.
+    Each thread's share of a temporary then stays small: the (3, B, 32) tangent blocks of
+    larger shares exceed glibc's mmap threshold, so every one of the ~1500 temporaries of a
+    solve is a fresh mmap whose pages fault in (≈45 000 page faults per 4096 rows on one
+    thread, about a quarter of the solve's time), and they fall out of the cache. Fewer
+    rows per thread leave each thread too little work per operation.
+    """
+    return LOG_DET_ROWS_PER_THREAD * torch.get_num_threads()
+
 
 
 def _in_chunks(function: Callable[[Tensor, Tensor | None], Any], rows: Tensor,
@@ -154,7 +162,7 @@ class ContinuousFlow(nn.Module):
     def inverse_with_log_det(self, y: Tensor,
                              context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Pull data y (B, dim) back to the base; returns z and ℓ(0) = −∫₀¹ Tr ∂F/∂y dt."""
-        return _in_chunks(self._inverse_with_log_det, y, context, LOG_DET_CHUNK)
+        return _in_chunks(self._inverse_with_log_det, y, context, log_det_chunk())
 
     def _inverse_with_log_det(self, y: Tensor,
                               context: Tensor | None) -> tuple[Tensor, Tensor]:

@@ -134,7 +134,7 @@ class StackedFlows(nn.Module):
         """Push each member's base draws z (M, B, dim) from t = 0 to data space at t = 1.
 
         On the CPU without a graph the rows are solved ``TRANSFORM_CHUNK`` at a time over
-        all members (rows are independent; see ``cnf.LOG_DET_CHUNK`` on why chunks).
+        all members (rows are independent; see ``cnf.log_det_chunk`` on why chunks).
         """
         chunk = max(1, TRANSFORM_CHUNK // self.members)
         if z.shape[1] <= chunk or torch.is_grad_enabled() or z.device.type != "cpu":
