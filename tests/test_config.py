@@ -68,7 +68,7 @@ def test_shipped_configs_state_only_keys_that_differ_or_are_fixed(path):
     fixed = {"galaxy.source", "galaxy.sun_position_kpc", "galaxy.r_max_kpc", "upsamplers",
              "seed", "cnf.ensemble_size", "cnf.max_epochs", "cnf.patience", "sample.factor",
              "sample.total", "cnf.refine", "evaluate.samples_per_particle",
-             "evaluate.max_epochs", "evaluate.patience"}
+             "evaluate.max_epochs", "evaluate.patience", "evaluate.repeats"}
     defaults = RunConfig().to_dict()
     stated = yaml.safe_load(path.read_text())
 
@@ -135,7 +135,7 @@ def test_mock_config_scales_to_the_paper_budget_with_the_documented_overrides():
         "cnf.patience=50", "sample.total=null", "sample.factor=500",
         "evaluate.samples_per_particle=200", "evaluate.max_epochs=100000",
         "evaluate.patience=100", "evaluate.batches_per_epoch=1000", "evaluate.refine=true",
-        "evaluate.two_sample=true", "evaluate.truth_auc=true",
+        "evaluate.two_sample=true", "evaluate.truth_auc=true", "evaluate.repeats=1",
     ]
     for item in overrides:
         assert f"--set {item}" in text
