@@ -14,6 +14,11 @@ the report gave before repeats) is printed beside it.
 
 Only the classifier test is run (``evaluate.truth``, ``two_sample`` and ``truth_auc`` off):
 the truth scores do not enter LP(C). The results go in docs/evaluation.md.
+
+Measured 2026-12-07 on 2 CPU cores, on ``make run``'s models, R = 3, with
+``--set evaluate.samples_per_particle=1 --set evaluate.batches_per_epoch=40`` (13 min): the
+six runs' standard deviation of LP(cnf) − LP(enbid) is 0.0172, the reported total error
+0.0211 (ratio 0.82), the within-repeat error alone 0.0015 (ratio 11.4).
 """
 
 from __future__ import annotations
