@@ -66,7 +66,8 @@ from gflow_dist.flows.training import History
 from gflow_dist.upsamplers.base import Upsampler
 
 MAX_RETRIES = 3
-"""Retries of a draw or scoring task whose worker died (both are pure functions)."""
+"""Retries of a draw, training or scoring task whose worker died (pure functions; a
+retried training resumes from its checkpoint)."""
 
 
 def _draw_shard(model: Upsampler, count: int, seed: int, batch_size: int) -> np.ndarray:
@@ -153,7 +154,7 @@ def _bounded(submit: Callable[..., Any], jobs: Sequence[tuple[Any, ...]],
 
 
 class RayClassifierTests:
-    """The evaluation's repeats as Ray tasks and trainer actors, run in parallel.
+    """The evaluation's repeats as Ray tasks, run in parallel.
 
     Args:
         config: ``sample.shard_size``, ``sample.batch_size`` and the ``ray`` resources.
