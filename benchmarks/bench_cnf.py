@@ -133,6 +133,9 @@ class Row:
     pressure: float | None = None
     """Highest CPU pressure seen around the measurement [%]."""
     repeats: list[float] = field(default_factory=list)
+    paired_ratios: list[float] = field(default_factory=list)
+    """For a row measured interleaved with its torchdyn row: torchdyn's time over this
+    row's in each round of back-to-back calls (> 1: this path is faster)."""
 
     @property
     def rate(self) -> float:
@@ -251,23 +254,63 @@ def bench_log_prob(upsampler: CNFUpsampler, threads: int, quick: bool) -> list[R
     rows.append(Row("log_prob", "upsampler.log_prob", n, threads, seconds, n, None,
                     "1 member, p(r)+p(v|r), in batches of 65536", psi, times))
     flow = one_flow()
+    compiled = one_flow()  # the same weights, evaluated through torch.compile
+    compiled.field.compile = True
+    y = torch.randn(4096, 3, generator=torch.Generator().manual_seed(3))
+    progress("log_prob one flow: compiling (torch.compile, once per process and kind)")
+    start = time.perf_counter()
+    with torch.no_grad():
+        compiled.log_prob(y)
+    compile_note = f"compiled in {time.perf_counter() - start:.0f} s (once)"
     configs = ((4096, 1), (16_384, threads)) if quick else ((4096, 1), (65_536, threads))
     for batch, n_threads in configs:
         y = torch.randn(batch, 3, generator=torch.Generator().manual_seed(2))
+        progress(f"log_prob one flow: eager, compiled and torchdyn interleaved, batch {batch}, "
+                 f"{n_threads} thread(s)")
+        # no_grad as in the upsampler; reference_log_prob enables grad inside each
+        # field call for its VJPs, so the graph never spans more than one stage.
         with torch.no_grad():
             gap = float((flow.log_prob(y) - reference_log_prob(flow, y)).abs().max())
-        for how, function in (("fast", lambda y=y: flow.log_prob(y)),
-                              ("torchdyn", lambda y=y: reference_log_prob(flow, y))):
-            progress(f"log_prob one flow: {how}, batch {batch}, {n_threads} thread(s)")
-            # no_grad as in the upsampler; reference_log_prob enables grad inside each
-            # field call for its VJPs, so the graph never spans more than one stage.
-            with torch.no_grad():
-                seconds, times, psi = measure(function, threads=n_threads,
-                                              repeats=3 if batch <= 4096 else 2, min_time=0)
-            rows.append(Row("log_prob-1flow", how, batch, n_threads, seconds, batch, None,
-                            f"max|fast-torchdyn| = {gap:.1e}" if how == "torchdyn" else "",
-                            psi, times))
+            times, psi = measure_interleaved(
+                {"fast": lambda y=y: flow.log_prob(y),
+                 "fast compiled": lambda y=y: compiled.log_prob(y),
+                 "torchdyn": lambda y=y: reference_log_prob(flow, y)},
+                threads=n_threads, rounds=7 if batch <= 4096 else 5)
+        for how in ("fast", "fast compiled"):
+            ratios = [s / f for f, s in zip(times[how], times["torchdyn"], strict=True)]
+            note = f"paired ratio {min(ratios):.2f}-{max(ratios):.2f}"
+            rows.append(Row("log_prob-1flow", how, batch, n_threads,
+                            statistics.median(times[how]), batch, None,
+                            note + (f"; {compile_note}" if how == "fast compiled" else ""),
+                            psi, times[how], ratios))
+        rows.append(Row("log_prob-1flow", "torchdyn", batch, n_threads,
+                        statistics.median(times["torchdyn"]), batch, None,
+                        f"max|fast-torchdyn| = {gap:.1e}", psi, times["torchdyn"]))
     return rows
+
+
+def measure_interleaved(functions: dict[str, Callable[[], object]], *, threads: int,
+                        rounds: int) -> tuple[dict[str, list[float]], float | None]:
+    """Seconds per call of each function, called one after another in ``rounds`` rounds.
+
+    On a shared machine the speed drifts by tens of percent within a minute; timing each
+    path in a block of its own then compares two different machines. Interleaved calls
+    see the same drift, so the ratio within each round is what to read.
+    """
+    torch.set_num_threads(threads)
+    wait_idle()
+    pressures = [cpu_pressure()]
+    for function in functions.values():
+        function()
+    times: dict[str, list[float]] = {name: [] for name in functions}
+    for _ in range(rounds):
+        for name, function in functions.items():
+            start = time.perf_counter()
+            function()
+            times[name].append(time.perf_counter() - start)
+    pressures.append(cpu_pressure())
+    known = [p for p in pressures if p is not None]
+    return times, (max(known) if known else None)
 
 
 def _nll(flow: ContinuousFlow, data: torch.Tensor) -> torch.Tensor:
@@ -408,12 +451,18 @@ def report(rows: list[Row], header: dict[str, object], quick: bool) -> dict[str,
     ratios: dict[str, float] = {}
     print("\nratios")
     for section in ("sample-1flow", "log_prob-1flow"):
-        for row in (r for r in rows if r.section == section and r.name == "fast"):
+        for row in (r for r in rows if r.section == section and r.name.startswith("fast")):
             ref = next(r for r in rows if r.section == section and r.name == "torchdyn"
                        and r.batch == row.batch and r.threads == row.threads)
-            key = f"{section} fast/torchdyn batch {row.batch} {row.threads} thr"
-            ratios[key] = row.rate / ref.rate
-            print(f"  {key:<52} {ratios[key]:6.2f}×")
+            key = f"{section} {row.name}/torchdyn batch {row.batch} {row.threads} thr"
+            if row.paired_ratios:  # measured interleaved: the median of the pairs' ratios
+                ratios[key] = statistics.median(row.paired_ratios)
+                print(f"  {key:<52} {ratios[key]:6.2f}×  (median of "
+                      f"{len(row.paired_ratios)} interleaved pairs, range "
+                      f"{min(row.paired_ratios):.2f}-{max(row.paired_ratios):.2f})")
+            else:
+                ratios[key] = row.rate / ref.rate
+                print(f"  {key:<52} {ratios[key]:6.2f}×")
     fast1 = find("sample-1flow", "fast", 1)
     pipe = find("pipeline", "upsampler.sample")
     if fast1 is not None:

@@ -24,11 +24,22 @@ from torch.nn import functional
 def gelu_derivative(a: Tensor) -> Tensor:
     """d GELU(a)/da = Φ(a) + a·φ(a), for the exact (erf) GELU.
 
-    ATen's fused GELU backward kernel with a unit gradient: one pass over ``a`` instead of
-    the ten elementwise passes of the formula (erf, exp and their products). It has its
-    own derivative (GELU's second derivative), so training backpropagates through it.
+    ATen's fused GELU backward kernel with a unit gradient (a broadcast scalar, so no
+    tensor of ones is filled): one pass over ``a`` instead of the ten elementwise passes
+    of the formula (erf, exp and their products). It has its own derivative (GELU's
+    second derivative), so training backpropagates through it.
     """
-    return torch.ops.aten.gelu_backward(torch.ones_like(a), a)
+    return torch.ops.aten.gelu_backward(a.new_ones(()).expand_as(a), a)
+
+
+def _push_tangents(tangents: Tensor, weight: Tensor) -> Tensor:
+    """W T for every tangent: (dim, B, H_in) → (dim, B, H_out) as ONE (dim·B, H_in) matmul.
+
+    ``torch.matmul`` of a 3-D and a 2-D operand folds the same way but ~1.4× slower on
+    the CPU (it goes through an extra dispatch and a strided output).
+    """
+    dim, rows, width = tangents.shape
+    return (tangents.reshape(dim * rows, width) @ weight.T).view(dim, rows, -1)
 
 
 def _field_with_divergence(t: Tensor, y: Tensor, context: Tensor | None,
@@ -36,7 +47,15 @@ def _field_with_divergence(t: Tensor, y: Tensor, context: Tensor | None,
     """F and Tr(∂F/∂y) of the MLP with ``weights``/``biases`` (the last pair is the output).
 
     A pure function of tensors, so that one compiled graph serves every flow instance.
+    Without a graph (density evaluation under ``torch.no_grad``) the tangents and
+    pre-activations are updated in place, which keeps the working set in the cache
+    (≈1.2× faster on the CPU); autograd needs the out-of-place products.
     """
+    in_place = not torch.is_grad_enabled()
+
+    def times(tensor: Tensor, factor: Tensor) -> Tensor:
+        return tensor.mul_(factor) if in_place else tensor * factor
+
     dim = y.shape[1]
     parts = [y, t.to(y.dtype).expand(y.shape[0], 1)]
     if context is not None:
@@ -47,14 +66,19 @@ def _field_with_divergence(t: Tensor, y: Tensor, context: Tensor | None,
     # operands gets a permuted memory layout, which every later matmul would copy.
     tangents = (gelu_derivative(a) * weights[0][:, :dim].T.unsqueeze(1)).contiguous()
     h = functional.gelu(a)
-    for weight, bias in zip(weights[1:-1], biases[1:-1], strict=True):
-        a = functional.linear(h, weight, bias)
-        tangents = torch.matmul(tangents, weight.T) * gelu_derivative(a)
+    for weight, bias in zip(weights[1:-2], biases[1:-2], strict=True):
+        a = (torch.addmm(bias, h, weight.T, out=a) if in_place
+             else functional.linear(h, weight, bias))
+        tangents = times(_push_tangents(tangents, weight), gelu_derivative(a))
         h = functional.gelu(a)
-    out = functional.linear(h, weights[-1], biases[-1])
-    # Tr ∂F/∂y = Σ_i Σ_h W_out[i, h] ∂h_h/∂y_i: one batched matmul over i, no copy
-    trace = torch.bmm(tangents, weights[-1].unsqueeze(2)).sum(dim=0)
-    return out, trace.squeeze(1)
+    # The last hidden layer's tangents are only needed through the trace:
+    # Tr ∂F/∂y = Σ_i Σ_h W_out[i, h] GELU'(a_h) (W T_i)_h, so GELU' multiplies one
+    # (B, H) sum over i instead of all dim tangents.
+    a = functional.linear(h, weights[-2], biases[-2])
+    weighted = times(_push_tangents(tangents, weights[-2]), weights[-1].unsqueeze(1))
+    trace = times(weighted.sum(dim=0), gelu_derivative(a)).sum(dim=1)
+    out = functional.linear(functional.gelu(a), weights[-1], biases[-1])
+    return out, trace
 
 
 _compiled: dict[tuple[Callable, bool], Callable] = {}

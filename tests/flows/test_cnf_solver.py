@@ -110,3 +110,27 @@ def test_compiled_divergence_equals_eager():
     compiled = field.with_divergence(t, y, context)
     for a, b in zip(eager, compiled, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("context_dim", [0, 3])
+def test_graph_free_divergence_equals_the_differentiable_one(context_dim):
+    """Under no_grad the field updates its tangents in place; the numbers must not move."""
+    flow = _flow(context_dim)
+    y, context = _inputs(context_dim)
+    t = torch.tensor(0.3, dtype=torch.float64)
+    with_graph = flow.field.with_divergence(t, y.requires_grad_(), context)
+    with torch.no_grad():
+        graph_free = flow.field.with_divergence(t, y, context)
+    for a, b in zip(with_graph, graph_free, strict=True):
+        torch.testing.assert_close(a.detach(), b, rtol=1e-14, atol=1e-14)
+
+
+def test_compiled_density_equals_eager_density():
+    """The ensemble evaluates densities through torch.compile; it must agree with eager."""
+    flow = _flow(3).float()
+    y, context = (t.float() for t in _inputs(3, n=300))
+    with torch.no_grad():
+        eager = flow.log_prob(y, context)
+        flow.field.compile = True
+        compiled = flow.log_prob(y, context)
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
