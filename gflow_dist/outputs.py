@@ -35,6 +35,7 @@ UNITS: dict[str, str] = {
     "ra": "deg", "dec": "deg", "distance": "kpc", "parallax": "mas",
     "pmra": "mas / yr", "pmdec": "mas / yr", "radial_velocity": "km / s",
     "l": "deg", "b": "deg",
+    "age": "Gyr", "feh": "dex", "alpha_fe": "dex", "mass_initial": "solMass",
 }  # fmt: skip
 """Unit of every column gflow-dist writes, as ``astropy.units.Unit(...).to_string()``
 gives it ('' for dimensionless), so ``astropy.units.Unit(UNITS[name])`` reads it back."""
@@ -50,6 +51,8 @@ UCDS: dict[str, str] = {
     "pmra": "pos.pm;pos.eq.ra", "pmdec": "pos.pm;pos.eq.dec",
     "radial_velocity": "spect.dopplerVeloc.opt",
     "l": "pos.galactic.lon", "b": "pos.galactic.lat",
+    "age": "time.age", "feh": "phys.abund.Fe", "alpha_fe": "phys.abund.X",
+    "mass_initial": "phys.mass",
 }  # fmt: skip
 """IVOA UCD (UCD1+ controlled vocabulary) of every column in :data:`UNITS`: x, y, z and
 vx, vy, vz are Galactocentric Cartesian, distance, ra, dec, parallax, pm and

@@ -1,6 +1,7 @@
 """Write and read particle sets as Parquet with their provenance and run metadata.
 
-Columns x, y, z [kpc], vx, vy, vz [km/s] and optional mass [M☉], float64, each carrying
+Columns x, y, z [kpc], vx, vy, vz [km/s], optional mass [M☉] and optional population
+columns (age [Gyr], feh, alpha_fe [dex], mass_initial [M☉]), float64, each carrying
 its unit in the field metadata (key ``unit``, strings of :data:`gflow_dist.outputs.UNITS`).
 The provenance and the caller's metadata are JSON-encoded under the schema metadata key
 ``gflow_dist``.
@@ -17,7 +18,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from gflow_dist.data.particles import MASS_COLUMN, PHASE_SPACE_COLUMNS, ParticleSet
+from gflow_dist.data.particles import (
+    MASS_COLUMN,
+    PHASE_SPACE_COLUMNS,
+    POPULATION_COLUMNS,
+    ParticleSet,
+)
 from gflow_dist.errors import InputError
 from gflow_dist.outputs import METADATA_KEY, UNIT_KEY, UNITS
 
@@ -32,6 +38,8 @@ def write_particles(particles: ParticleSet, path: str | Path, metadata: dict[str
     columns = dict(zip(PHASE_SPACE_COLUMNS, particles.phase_space.T, strict=True))
     if particles.mass is not None:
         columns[MASS_COLUMN] = particles.mass
+    columns |= {name: particles.populations[name] for name in POPULATION_COLUMNS
+                if name in particles.populations}
     fields = [pa.field(name, pa.float64(), metadata={UNIT_KEY: UNITS[name]}) for name in columns]
     document = {"provenance": dict(particles.provenance), "metadata": dict(metadata)}
     schema = pa.schema(fields, metadata={METADATA_KEY: json.dumps(document, sort_keys=True)})
@@ -75,4 +83,7 @@ def read_written_particles(path: str | Path) -> tuple[ParticleSet, dict[str, str
     mass = None
     if MASS_COLUMN in table.column_names:
         mass = np.array(table.column(MASS_COLUMN).to_numpy(), dtype=np.float64)
-    return ParticleSet(phase_space, mass, document["provenance"]), document["metadata"]
+    populations = {name: np.array(table.column(name).to_numpy(), dtype=np.float64)
+                   for name in POPULATION_COLUMNS if name in table.column_names}
+    return (ParticleSet(phase_space, mass, document["provenance"], populations),
+            document["metadata"])

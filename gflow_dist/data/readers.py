@@ -20,7 +20,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from gflow_dist.data.particles import MASS_COLUMN, PHASE_SPACE_COLUMNS, ParticleSet
+from gflow_dist.data.particles import (
+    MASS_COLUMN,
+    PHASE_SPACE_COLUMNS,
+    POPULATION_COLUMNS,
+    ParticleSet,
+)
+from gflow_dist.data.populations import arepo_populations
 from gflow_dist.data.validation import DEFAULT_MAX_SPEED_KMS, validate_particles
 from gflow_dist.errors import AccessError, InputError
 
@@ -33,7 +39,7 @@ MAGIC_BYTES = {b"PAR1": "parquet", b"\x89HDF\r\n\x1a\n": "hdf5", b"\x93NUMPY": "
                b"PK\x03\x04": "npz"}
 """The first bytes of each self-identifying format; a file is sniffed before it is read."""
 _FAMILY = {"arepo": "hdf5"}  # formats stored in another's container
-_COLUMNS = (*PHASE_SPACE_COLUMNS, MASS_COLUMN)
+_COLUMNS = (*PHASE_SPACE_COLUMNS, MASS_COLUMN, *POPULATION_COLUMNS)
 _CORRUPT = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, pa.ArrowException,
             pd.errors.ParserError)  # fmt: skip
 
@@ -43,6 +49,11 @@ Columns = dict[str, np.ndarray]  # column name -> 1-D values in kpc, km/s, M☉
 def read_particles(path: str | Path, fmt: str = "auto",
                    max_speed_kms: float = DEFAULT_MAX_SPEED_KMS) -> ParticleSet:
     """Read star particles (x, y, z [kpc], vx, vy, vz [km/s], optional mass [M☉]) from ``path``.
+
+    Every format may also carry the stellar populations of
+    :data:`~gflow_dist.data.particles.POPULATION_COLUMNS` (age [Gyr], feh and alpha_fe
+    [dex], mass_initial [M☉]); Arepo snapshots derive them from their GFM fields
+    (:mod:`gflow_dist.data.populations`).
 
     Formats (``fmt``; ``"auto"`` picks by extension, and HDF5 files holding ``PartType4``
     are read as Arepo snapshots):
@@ -85,7 +96,8 @@ def read_particles(path: str | Path, fmt: str = "auto",
             "the file looks truncated or corrupt: re-copy it"
         ) from exc
     provenance = {"source": str(path), "format": fmt, "sha256": sha256_file(path), **extra}
-    particles = ParticleSet(*_assemble(columns, found, path, fmt), provenance)
+    phase_space, mass, populations = _assemble(columns, found, path, fmt)
+    particles = ParticleSet(phase_space, mass, provenance, populations)
     validate_particles(particles, str(path), max_speed_kms)
     return particles
 
@@ -159,8 +171,9 @@ def _sniff(path: Path) -> str | None:
 
 def _assemble(
     columns: Columns, found: list[str], path: Path, fmt: str
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Check the columns are present, numeric and of one length: (phase space, mass or None)."""
+) -> tuple[np.ndarray, np.ndarray | None, dict[str, np.ndarray]]:
+    """Check the columns are present, numeric and of one length: (phase space, mass or
+    None, population columns)."""
     missing = [c for c in PHASE_SPACE_COLUMNS if c not in columns]
     if missing:
         raise InputError(
@@ -174,7 +187,9 @@ def _assemble(
         raise InputError(f"{path}: columns have different lengths {lengths}; re-export the file")
     if not next(iter(lengths.values())):
         raise InputError(f"{path}: the file contains no particles (0 rows); re-export it")
-    return np.column_stack([values[c] for c in PHASE_SPACE_COLUMNS]), values.get(MASS_COLUMN)
+    populations = {c: values[c] for c in POPULATION_COLUMNS if c in values}
+    return (np.column_stack([values[c] for c in PHASE_SPACE_COLUMNS]), values.get(MASS_COLUMN),
+            populations)
 
 
 def _as_float(column: np.ndarray, name: str, path: Path) -> np.ndarray:
@@ -296,7 +311,9 @@ def _read_arepo(path: Path) -> tuple[Columns, list, dict]:
     with h = Header ``HubbleParam`` and a = Header ``Time`` (a = 1 when the run is not
     comoving: Parameters ``ComovingIntegrationOn`` = 0, or Header ``Redshift`` disagrees
     with ``Time``). Wind cells (``GFM_StellarFormationTime`` <= 0) are not stars and are
-    dropped; their count goes into the provenance.
+    dropped; their count goes into the provenance. Ages, [Fe/H], [α/Fe] and initial masses
+    come from the GFM fields (:func:`~gflow_dist.data.populations.arepo_populations`),
+    converted with ``Masses``' units for ``GFM_InitialMass``.
     """
     with h5py.File(path, "r") as f:
         if "PartType4" not in f:
@@ -319,11 +336,27 @@ def _read_arepo(path: Path) -> tuple[Columns, list, dict]:
             born = stars["GFM_StellarFormationTime"][()] > 0
         data = {n: _physical(stars[n], header, params, path)[born] for n in _UNITS if n in stars}
         found = [f"/PartType4/{n}" for n in stars]
+
+        def field(name: str) -> np.ndarray | None:
+            return np.asarray(stars[name], dtype=np.float64)[born] if name in stars else None
+
+        initial_mass = None
+        if "GFM_InitialMass" in stars:
+            initial_mass = _physical(stars["GFM_InitialMass"], header, params, path,
+                                     like="Masses")[born]
+        if _comoving(header, params):
+            populations, facts = arepo_populations(
+                path, field("GFM_StellarFormationTime"), field("GFM_Metals"),
+                field("GFM_Metallicity"), initial_mass, header)
+        else:  # GFM_StellarFormationTime is then a time in code units
+            populations, facts = {}, {"populations": "not derived: not a comoving run; give "
+                                                     "age and feh columns instead"}
     phase_space = np.hstack([data["Coordinates"], data["Velocities"]]).T
     columns = dict(zip(PHASE_SPACE_COLUMNS, phase_space, strict=True))
     if "Masses" in data:
         columns[MASS_COLUMN] = data["Masses"]
-    return columns, found, {"wind_cells_dropped": str(int((~born).sum()))}
+    return ({**columns, **populations}, found,
+            {"wind_cells_dropped": str(int((~born).sum())), **facts})
 
 
 _KPC_IN_CM, _KMS_IN_CM_PER_S, _MSUN_IN_G = 3.0856775814913673e21, 1e5, 1.988409870698051e33
@@ -340,8 +373,10 @@ def _attrs(f: h5py.File, group: str) -> dict[str, float]:
             if np.size(v) == 1 and np.issubdtype(np.asarray(v).dtype, np.number)}  # fmt: skip
 
 
-def _physical(dset: h5py.Dataset, header: dict, params: dict, path: Path) -> np.ndarray:
-    target, unit_key, (a_exp, h_exp) = _UNITS[dset.name.rsplit("/", 1)[1]]
+def _physical(dset: h5py.Dataset, header: dict, params: dict, path: Path,
+              like: str | None = None) -> np.ndarray:
+    """``dset`` in physical kpc, km/s or M☉ (as the dataset ``like``, default its own name)."""
+    target, unit_key, (a_exp, h_exp) = _UNITS[like or dset.name.rsplit("/", 1)[1]]
     attrs = _attrs(dset.file, dset.name)
     to_cgs = attrs.get("to_cgs", header.get(unit_key, params.get(unit_key)))
     if to_cgs is None:
@@ -351,13 +386,18 @@ def _physical(dset: h5py.Dataset, header: dict, params: dict, path: Path) -> np.
         )
     if "to_cgs" in attrs:
         a_exp, h_exp = attrs.get("a_scaling", 0.0), attrs.get("h_scaling", 0.0)
-    time, redshift = header.get("Time"), header.get("Redshift")
-    comoving = params.get("ComovingIntegrationOn", 1) != 0 and (
-        time is None or redshift is None or abs(time * (1 + redshift) - 1) < 1e-3
-    )
+    comoving = _comoving(header, params)
     a = _header_value(header, "Time", dset, path) if a_exp and comoving else 1.0
     h = _header_value(header, "HubbleParam", dset, path) if h_exp else 1.0
     return np.asarray(dset, dtype=np.float64) * (to_cgs * a**a_exp * h**h_exp / target)
+
+
+def _comoving(header: dict, params: dict) -> bool:
+    """Whether the run integrates in comoving coordinates, so that ``Time`` is a scale factor."""
+    time, redshift = header.get("Time"), header.get("Redshift")
+    return params.get("ComovingIntegrationOn", 1) != 0 and (
+        time is None or redshift is None or abs(time * (1 + redshift) - 1) < 1e-3
+    )
 
 
 def _header_value(header: dict, key: str, dset: h5py.Dataset, path: Path) -> float:

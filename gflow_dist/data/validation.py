@@ -8,6 +8,12 @@ from __future__ import annotations
 import numpy as np
 
 from gflow_dist.data.particles import MASS_COLUMN, PHASE_SPACE_COLUMNS, ParticleSet
+from gflow_dist.data.populations import (
+    ALPHA_FE_RANGE,
+    FEH_RANGE,
+    SOLAR_METALLICITY,
+    UNIVERSE_AGE_GYR,
+)
 from gflow_dist.errors import InputError
 
 SHOWN_ROWS = 5
@@ -77,8 +83,8 @@ def validate_particles(particles: ParticleSet, source: str,
     Checks, in order: NaN/inf in any column, non-positive masses, positions or velocities
     that look like the wrong unit (kpc and km/s expected), then each particle's bounds:
     distance from the centre up to :data:`MAX_RADIUS_KPC`, speed up to ``max_speed_kms``
-    [km/s] (``galaxy.max_speed_kms``), mass within :data:`MASS_RANGE_MSUN`; and
-    duplicate 6-D rows.
+    [km/s] (``galaxy.max_speed_kms``), mass within :data:`MASS_RANGE_MSUN`; duplicate
+    6-D rows; and the stellar populations (:func:`check_populations`).
     """
     for j, name in enumerate(PHASE_SPACE_COLUMNS):
         _check_finite(particles.phase_space[:, j], name, source)
@@ -95,6 +101,67 @@ def validate_particles(particles: ParticleSet, source: str,
         _check_units(particles, source)
         _check_bounds(particles, source, max_speed_kms)
         _check_duplicates(particles.phase_space, source)
+    check_populations(particles, source)
+
+
+def check_populations(particles: ParticleSet, source: str) -> None:
+    """Raise InputError unless the population columns are complete and physical.
+
+    Age and feh come together or not at all; every row has every population value (a
+    missing one is NaN); ages are in Gyr, 0 < age ≤ the universe's age at the snapshot
+    (provenance ``universe_age_gyr``, else :data:`UNIVERSE_AGE_GYR`); [Fe/H] is a
+    logarithmic abundance within :data:`FEH_RANGE`, not a metal mass fraction Z; [α/Fe]
+    within :data:`ALPHA_FE_RANGE`; initial masses within :data:`MASS_RANGE_MSUN`.
+    """
+    populations = particles.populations
+    if not populations:
+        return
+    if ("age" in populations) != ("feh" in populations):
+        has, lacks = ("age", "feh") if "age" in populations else ("feh", "age")
+        raise InputError(f"{source}: has a '{has}' column but no '{lacks}'; stellar "
+                         "populations need both (age [Gyr], feh [dex]): add it or drop both")
+    for name, values in populations.items():
+        missing = np.flatnonzero(np.isnan(values))
+        if missing.size:
+            raise InputError(
+                f"{source}: column '{name}' has no value (NaN or empty) at {missing.size} of "
+                f"{values.size} rows {_rows(missing)}; populations must be given for every "
+                "particle or not at all: fill them upstream or drop the column")
+        _check_finite(values, name, source)
+    universe = float(particles.provenance.get("universe_age_gyr", UNIVERSE_AGE_GYR))
+    age = populations["age"]
+    median = float(np.median(age))
+    if median > universe:
+        unit, factor = ("yr", "1e9") if median > 1e6 else ("Myr", "1e3")
+        raise InputError(f"{source}: column 'age' has a median of {median:.4g}, older than "
+                         f"the universe ({universe:.2f} Gyr); it looks like it is in {unit}: "
+                         f"give ages in Gyr (divide by {factor})")
+    _check_range(age, "age", source, (0.0, universe), "Gyr", open_low=True)
+    feh = populations["feh"]
+    if feh.min() >= 0.0 and feh.max() <= 0.1 and np.median(feh) < 0.05:
+        raise InputError(
+            f"{source}: column 'feh' holds values in [0, 0.1] (median {np.median(feh):.4g}), "
+            "like a metal mass fraction Z rather than [Fe/H] in dex; give "
+            f"[Fe/H] = log10(Z / {SOLAR_METALLICITY}) (scaled-solar, Asplund et al. 2009)")
+    _check_range(feh, "feh", source, FEH_RANGE, "dex")
+    if "alpha_fe" in populations:
+        _check_range(populations["alpha_fe"], "alpha_fe", source, ALPHA_FE_RANGE, "dex")
+    if "mass_initial" in populations:
+        _check_range(populations["mass_initial"], "mass_initial", source, MASS_RANGE_MSUN,
+                     "Msun")
+
+
+def _check_range(values: np.ndarray, name: str, source: str, bounds: tuple[float, float],
+                 unit: str, open_low: bool = False) -> None:
+    low, high = bounds
+    outside = (values <= low if open_low else values < low) | (values > high)
+    bad = np.flatnonzero(outside)
+    if bad.size:
+        interval = f"{'(' if open_low else '['}{low:g}, {high:g}]"
+        raise InputError(
+            f"{source}: column '{name}' has {bad.size} values outside {interval} {unit} at "
+            f"rows {_rows(bad)} (first: {values[bad[0]]:.6g}); fix them upstream or drop "
+            "those particles")
 
 
 def _rows(index: np.ndarray) -> str:
