@@ -39,6 +39,7 @@ from typing import NamedTuple
 import numpy as np
 from scipy.special import logsumexp
 
+from gflow_dist.data.mock_populations import sample_populations
 from gflow_dist.data.particles import ParticleSet
 from gflow_dist.errors import ConfigError
 
@@ -476,12 +477,17 @@ class MockGalaxy:
         return np.concatenate(kept)[:n] if kept else np.empty((0, 3))
 
     def particles(self, n: int, seed: int, particle_mass_msun: float = 5000.0) -> ParticleSet:
-        """``n`` sampled star particles of equal mass [M☉] with their provenance."""
+        """``n`` sampled star particles of equal mass [M☉] with their provenance and their
+        exact stellar populations (:func:`~gflow_dist.data.mock_populations.sample_populations`;
+        the phase space is that of :meth:`sample` with the same seed)."""
         if not (math.isfinite(particle_mass_msun) and particle_mass_msun > 0):
             raise ConfigError(f"particle_mass_msun must be > 0, got {particle_mass_msun}")
+        phase_space = self.sample(n, seed)
         return ParticleSet(
-            self.sample(n, seed),
+            phase_space,
             np.full(n, float(particle_mass_msun)),
             {"source": "mock", "mock_seed": str(seed),
-             "mock_parameters": json.dumps(asdict(self), sort_keys=True)},
+             "mock_parameters": json.dumps(asdict(self), sort_keys=True),
+             "populations": "exact: gflow_dist.data.mock_populations"},
+            sample_populations(self, phase_space, seed),
         )
