@@ -66,6 +66,9 @@ def _field_with_divergence(t: Tensor, y: Tensor, context: Tensor | None,
     # operands gets a permuted memory layout, which every later matmul would copy.
     tangents = (gelu_derivative(a) * weights[0][:, :dim].T.unsqueeze(1)).contiguous()
     h = functional.gelu(a)
+    if len(weights) == 2:  # one hidden layer: Tr = Σ_i Σ_h W_out[i, h] T_i[h]
+        trace = (tangents * weights[-1].unsqueeze(1)).sum(dim=(0, 2))
+        return functional.linear(h, weights[-1], biases[-1]), trace
     for weight, bias in zip(weights[1:-2], biases[1:-2], strict=True):
         a = (torch.addmm(bias, h, weight.T, out=a) if in_place
              else functional.linear(h, weight, bias))

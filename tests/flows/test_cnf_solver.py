@@ -87,17 +87,22 @@ def test_classic_rk4_converges_at_fourth_order():
 
 
 @pytest.mark.parametrize("context_dim", [0, 3])
-def test_analytic_divergence_equals_autograd_trace(context_dim):
+@pytest.mark.parametrize("hidden_layers", [1, 2, 4])
+def test_analytic_divergence_equals_autograd_trace(context_dim, hidden_layers):
     torch.manual_seed(3)
-    field = VectorField(3, context_dim).double()
+    field = VectorField(3, context_dim, hidden_layers=hidden_layers).double()
     y, context = _inputs(context_dim, n=50)
     t = torch.tensor(0.37, dtype=torch.float64)
-    _, divergence = field.with_divergence(t, y, context)
     jacobians = torch.func.vmap(
         torch.func.jacrev(lambda row, c: field(t, row[None], None if c is None else c[None])[0]),
         in_dims=(0, None if context is None else 0),
     )(y, context)
-    torch.testing.assert_close(divergence, jacobians.diagonal(dim1=1, dim2=2).sum(-1))
+    for graph in (True, False):  # with a graph, and in place without one
+        with torch.set_grad_enabled(graph):
+            output, divergence = field.with_divergence(t, y, context)
+        torch.testing.assert_close(output.detach(), field(t, y, context).detach())
+        torch.testing.assert_close(divergence.detach(),
+                                   jacobians.diagonal(dim1=1, dim2=2).sum(-1))
 
 
 def test_compiled_divergence_equals_eager():
