@@ -147,7 +147,9 @@ class FlowEnsemble(Upsampler):
         build per kind of flow in each process, which a density evaluation of ~10⁵ rows
         repays. Sampling never evaluates the divergence, so it is unaffected.
         """
-        compiled = self.recipe.compile and self.compilable and self.device.type == "cpu"
+        if not self.compilable:  # MAF: no vector field
+            return
+        compiled = self.recipe.compile and self.device.type == "cpu"
         for member in self.members:
             for flow in (member.position, member.velocity):
                 flow.field.compile = compiled
