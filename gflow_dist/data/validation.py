@@ -116,10 +116,12 @@ def check_populations(particles: ParticleSet, source: str) -> None:
     populations = particles.populations
     if not populations:
         return
-    if ("age" in populations) != ("feh" in populations):
-        has, lacks = ("age", "feh") if "age" in populations else ("feh", "age")
-        raise InputError(f"{source}: has a '{has}' column but no '{lacks}'; stellar "
-                         "populations need both (age [Gyr], feh [dex]): add it or drop both")
+    lacking = [name for name in ("age", "feh") if name not in populations]
+    if lacking:
+        has = ", ".join(f"'{name}'" for name in populations)
+        raise InputError(f"{source}: has {has} but no '{lacking[0]}' column; stellar "
+                         "populations need both age [Gyr] and feh [dex]: add the missing "
+                         "column or drop the population columns")
     for name, values in populations.items():
         missing = np.flatnonzero(np.isnan(values))
         if missing.size:

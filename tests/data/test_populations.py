@@ -165,7 +165,10 @@ def test_age_without_metallicity_is_refused(tmp_path):
     ps, mass = galaxy()
     path = tmp_path / "age-only.parquet"
     frame(ps, mass).assign(age=2.0).to_parquet(path)
-    with pytest.raises(InputError, match="'age' column but no 'feh'"):
+    with pytest.raises(InputError, match="has 'age' but no 'feh' column"):
+        read_particles(path)
+    frame(ps, mass).assign(mass_initial=mass).to_parquet(path)
+    with pytest.raises(InputError, match="has 'mass_initial' but no 'age' column"):
         read_particles(path)
 
 
