@@ -344,13 +344,14 @@ def _read_arepo(path: Path) -> tuple[Columns, list, dict]:
         if "GFM_InitialMass" in stars:
             initial_mass = _physical(stars["GFM_InitialMass"], header, params, path,
                                      like="Masses")[born]
+        populations, facts = {}, {}
         if _comoving(header, params):
             populations, facts = arepo_populations(
                 path, field("GFM_StellarFormationTime"), field("GFM_Metals"),
                 field("GFM_Metallicity"), initial_mass, header)
-        else:  # GFM_StellarFormationTime is then a time in code units
-            populations, facts = {}, {"populations": "not derived: not a comoving run; give "
-                                                     "age and feh columns instead"}
+        elif "GFM_StellarFormationTime" in stars:  # then a time in code units
+            facts = {"populations": "not derived: not a comoving run, so "
+                                    "GFM_StellarFormationTime is not a scale factor"}
     phase_space = np.hstack([data["Coordinates"], data["Velocities"]]).T
     columns = dict(zip(PHASE_SPACE_COLUMNS, phase_space, strict=True))
     if "Masses" in data:
