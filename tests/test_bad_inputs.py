@@ -77,6 +77,11 @@ def _write_files(data: Path) -> None:
         "duplicates": pd.concat([good, good.iloc[[2]]], ignore_index=True),
         "three": good.head(3), "far_away": good.assign(x=good.x + 100.0),
         "no_vz": good.drop(columns="vz"),
+        "age_in_years": good.assign(age=5e9, feh=-0.2),
+        "feh_as_z": good.assign(age=5.0, feh=0.012),
+        "nan_age": good.assign(age=5.0, feh=-0.2).assign(
+            age=lambda f: f.age.where(f.index != 6)),
+        "age_without_feh": good.assign(age=5.0),
     }
     for name, frame in parquet.items():
         frame.to_parquet(data / f"{name}.parquet")
@@ -253,6 +258,14 @@ PARTICLE_CASES = [
          ("truncated.parquet", "truncated or corrupt")),
     Case("header_only_csv", _source("train", "header_only.csv"), EXIT_INPUT,
          ("header_only.csv", "no particles")),
+    Case("age_in_years", _source("train", "age_in_years.parquet"), EXIT_INPUT,
+         ("age_in_years.parquet", "column 'age'", "give ages in Gyr")),
+    Case("feh_as_z", _source("train", "feh_as_z.parquet"), EXIT_INPUT,
+         ("feh_as_z.parquet", "column 'feh'", "metal mass fraction Z")),
+    Case("nan_age", _source("train", "nan_age.parquet"), EXIT_INPUT,
+         ("nan_age.parquet", "column 'age' has no value", "[6]")),
+    Case("age_without_feh", _source("train", "age_without_feh.parquet"), EXIT_INPUT,
+         ("age_without_feh.parquet", "no 'feh' column")),
     Case("missing_column", _source("train", "no_vz.parquet"), EXIT_INPUT,
          ("no_vz.parquet", "missing column(s) vz")),
     Case("not_numeric", _source("train", "words.csv"), EXIT_INPUT,
